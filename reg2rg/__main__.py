@@ -1,0 +1,5 @@
+import sys
+
+from reg2rg.cli import main
+
+sys.exit(main())

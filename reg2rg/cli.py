@@ -1,0 +1,110 @@
+"""The `reg2rg` command. Argument definitions only: each command's work is imported when it runs,
+so that `reg2rg --help` and light commands start fast (no torch, SimpleITK or pandas at import)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+
+def _call(target: str):
+    """Return a runner that imports `module:function` lazily and calls it with the parsed args."""
+
+    def run(args: argparse.Namespace):
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def _add_demo_data(sub):
+    p = sub.add_parser("demo-data", help="write a synthetic chest CT data set (RadGenome or CTRG layout)")
+    p.add_argument("--layout", choices=["radgenome", "ctrg"], default="radgenome")
+    p.add_argument("--cases", type=int, default=12, help="number of scans (train and test together)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                   help="nominal volume size in voxels (x y z); scans vary around it")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=_call("reg2rg.demo:cli"))
+
+
+def _add_ingest(sub):
+    p = sub.add_parser("ingest", help="read a CT (DICOM folder, NIfTI, NRRD, MHA) into canonical int16 HU NIfTI")
+    p.add_argument("input", help="DICOM series folder or image file")
+    p.add_argument("output", help="output .nii.gz; a JSON sidecar is written beside it")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=(1.0, 1.0, 3.0),
+                   help="target spacing in mm (default 1 1 3)")
+    p.add_argument("--metadata", help="CT-RATE v1 metadata CSV (slope, intercept, spacing per VolumeName)")
+    p.add_argument("--already-hu", action="store_true",
+                   help="the file is already in HU (CT-RATE v2 *_fixed): never rescale it again")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID to read when a folder holds several series")
+    p.add_argument("--resample-gaps", action="store_true",
+                   help="accept missing DICOM slices and fill them by resampling instead of failing")
+    p.set_defaults(run=_call("reg2rg.ingest:cli"))
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="benchmarks, reported as ratios against a baseline measured in the same run")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("ingest", help="seconds per volume of `reg2rg ingest` vs a plain read of the same file")
+    b.add_argument("--out", help="write the results as JSON here")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
+    b.set_defaults(run=_call("reg2rg.bench:cli_ingest"))
+
+
+def _add_label(sub):
+    p = sub.add_parser("label", help="label report texts with the 18 CT-RATE abnormalities")
+    p.add_argument("--input", required=True, help="CSV with a report text column")
+    p.add_argument("--text-column", required=True)
+    p.add_argument("--output", required=True, help="CSV: the input's id columns plus 18 label columns (0/1)")
+    p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
+    p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
+    p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    p.set_defaults(run=_call("reg2rg.evaluate.labelers:cli"))
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="text metrics, clinical efficacy and region recognition of predictions")
+    p.add_argument("--predictions", required=True, help="Parquet or CSV with case_id, reference, prediction")
+    p.add_argument("--out", required=True, help="metrics.json")
+    p.add_argument("--protocol", choices=["coco", "reg2rg", "all"], default="all")
+    p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
+    p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
+    p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    p.set_defaults(run=_call("reg2rg.evaluate:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reg2rg import __version__
+
+    parser = argparse.ArgumentParser(prog="reg2rg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"reg2rg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from reg2rg.errors import Reg2RGError
+
+    try:
+        result = args.run(args)
+    except Reg2RGError as err:
+        logging.getLogger("reg2rg").error("%s", err)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
