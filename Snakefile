@@ -1,0 +1,25 @@
+# reg2rg: chest CT scans -> region masks -> region reports -> manifests (-> Reg2RG training and evaluation).
+# The stages live in workflow/rules/, one file each; helpers in workflow/rules/common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/reports.smk"
+include: "workflow/rules/manifest.smk"
+
+
+rule all:
+    input:
+        default_targets(config["default_dataset"]),
+    default_target: True

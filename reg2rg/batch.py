@@ -1,0 +1,51 @@
+"""Run one per-scan function over many scans: a process pool, a progress bar, and a status row per scan.
+
+A scan that fails is recorded with its reason and the run goes on; nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+
+def _run_one(func: Callable[..., Any], case_id: str, kwargs: dict) -> dict:
+    from reg2rg.errors import Reg2RGError
+
+    try:
+        func(**kwargs)
+    except Reg2RGError as err:
+        return {"case_id": case_id, "status": "error", "reason": str(err)}
+    except Exception as err:  # a bug or a library failure on one scan must not stop the others
+        log.exception("unexpected failure on scan %s", case_id)
+        return {"case_id": case_id, "status": "error", "reason": f"{type(err).__name__}: {err}"}
+    return {"case_id": case_id, "status": "ok", "reason": ""}
+
+
+def run_per_case(func: Callable[..., Any], jobs: Iterable[tuple[str, dict]], threads: int = 1,
+                 desc: str = "scans"):
+    """Call func(**kwargs) for each (case_id, kwargs); return a DataFrame `case_id, status, reason`.
+
+    `func` must be importable at module level (it is sent to worker processes).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    jobs = list(jobs)
+    rows = []
+    if threads <= 1 or len(jobs) <= 1:
+        for case_id, kwargs in tqdm(jobs, desc=desc, unit="scan"):
+            rows.append(_run_one(func, case_id, kwargs))
+    else:
+        with ProcessPoolExecutor(max_workers=threads) as pool:
+            futures = [pool.submit(_run_one, func, case_id, kwargs) for case_id, kwargs in jobs]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="scan"):
+                rows.append(fut.result())
+    status = pd.DataFrame(rows, columns=["case_id", "status", "reason"]).sort_values("case_id")
+    failed = status[status.status != "ok"]
+    for row in failed.itertuples():
+        log.warning("%s %s: %s", desc, row.case_id, row.reason)
+    log.info("%s: %d ok, %d failed", desc, len(status) - len(failed), len(failed))
+    return status.reset_index(drop=True)

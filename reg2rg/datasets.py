@@ -1,0 +1,116 @@
+"""Readers for the data set layouts the workflow knows: which scans exist, where their parts lie.
+
+`inventory(...)` returns one row per input scan (the scans are what the manifest must account for):
+`case_id, split, source_split, image, mask_dir, report_csv, labels_csv, metadata_csv, intensity_mode`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from reg2rg.constants import ABNORMALITY_LABELS
+from reg2rg.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+INVENTORY_COLUMNS = ["case_id", "split", "source_split", "image", "mask_dir", "report_csv", "labels_csv",
+                     "metadata_csv", "intensity_mode"]
+
+# RadGenome-ChestCT: source split -> (manifest split, volume folder, mask folder, report CSV, labels CSV)
+RADGENOME_SPLITS = {
+    "train": ("train", "train_preprocessed", "train_region_mask", "train_region_report.csv",
+              "multi_abnormality_labels/train_predicted_labels.csv"),
+    "valid": ("test", "valid_preprocessed", "valid_region_mask", "validation_region_report.csv",
+              "multi_abnormality_labels/valid_predicted_labels.csv"),
+}
+
+
+def case_id_from_filename(name: str) -> str:
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def radgenome_inventory(root, metadata: dict | None = None):
+    """Every volume under a RadGenome-ChestCT root, with its mask folder, report CSV and labels CSV.
+
+    `metadata` optionally maps a source split (`train`, `valid`) to a CT-RATE v1 metadata CSV.
+    """
+    import pandas as pd
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"RadGenome root {root} is not a folder (set datasets.<name>.root in the config)")
+    rows = []
+    for source_split, (split, vol_dir, mask_dir, report_csv, labels_csv) in RADGENOME_SPLITS.items():
+        vols = sorted((root / vol_dir).glob("*/*/*.nii.gz"))
+        if not (root / vol_dir).is_dir():
+            log.warning("%s: no %s folder; no %s scans", root, vol_dir, source_split)
+            continue
+        meta_csv = (metadata or {}).get(source_split)
+        for vol in vols:
+            rows.append({
+                "case_id": case_id_from_filename(vol.name),
+                "split": split,
+                "source_split": source_split,
+                "image": str(vol),
+                "mask_dir": str(root / mask_dir / f"seg_{case_id_from_filename(vol.name)}"),
+                "report_csv": str(root / report_csv),
+                "labels_csv": str(root / labels_csv) if (root / labels_csv).is_file() else None,
+                "metadata_csv": str(meta_csv) if meta_csv else None,
+                "intensity_mode": "hu",
+            })
+    inv = pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
+    if inv.empty:
+        raise InputError(root, "no volumes found (expected {train,valid}_preprocessed/<id>/<id>a/<name>.nii.gz)")
+    dup = inv[inv.case_id.duplicated(keep=False)]
+    if not dup.empty:
+        raise InputError(root, f"scan names occur twice: {sorted(set(dup.case_id))[:5]}")
+    log.info("%s: %d scans (%s)", root, len(inv), inv.split.value_counts().to_dict())
+    return inv.sort_values(["split", "case_id"]).reset_index(drop=True)
+
+
+def read_ctrate_labels(path, id_column: str = "VolumeName"):
+    """CT-RATE label CSV -> DataFrame `case_id, labels` (labels: list of 18 ints in ABNORMALITY_LABELS order)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    missing = [c for c in (id_column, *ABNORMALITY_LABELS) if c not in df.columns]
+    if missing:
+        raise InputError(path, f"missing label columns {missing}")
+    values = df[list(ABNORMALITY_LABELS)]
+    if not values.isin([0, 1]).all().all():
+        raise InputError(path, "label values must be 0 or 1")
+    return pd.DataFrame({
+        "case_id": [case_id_from_filename(str(v)) for v in df[id_column]],
+        "labels": [list(map(int, r)) for r in values.itertuples(index=False)],
+    })
+
+
+LAYOUTS = {"radgenome": radgenome_inventory}
+
+
+def inventory(layout: str, root, metadata: dict | None = None):
+    """One row per input scan of a data set in `layout` (see INVENTORY_COLUMNS)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown data set layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    return LAYOUTS[layout](root, metadata)
+
+
+def inventory_labels(inv):
+    """Labels of the inventory's scans from the label CSVs it names: `case_id, labels`.
+
+    Scans without a label file, or missing from theirs, get no row (labels unknown, not all-zero).
+    """
+    import pandas as pd
+
+    frames = [read_ctrate_labels(path) for path in sorted(set(inv.labels_csv.dropna()))]
+    if not frames:
+        return pd.DataFrame({"case_id": pd.Series(dtype=str), "labels": pd.Series(dtype=object)})
+    labels = pd.concat(frames, ignore_index=True)
+    labels = labels[labels.case_id.isin(set(inv.case_id))].drop_duplicates("case_id")
+    unlabeled = len(set(inv.case_id) - set(labels.case_id))
+    if unlabeled:
+        log.warning("%d scans have no abnormality labels", unlabeled)
+    return labels.reset_index(drop=True)

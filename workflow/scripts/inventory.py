@@ -1,0 +1,10 @@
+"""Adapter: rule inventory -> reg2rg.datasets (one row per input scan)."""
+from reg2rg.logs import setup_script_logging
+
+setup_script_logging(snakemake.log[0])
+
+from reg2rg.datasets import inventory  # noqa: E402
+
+inventory(snakemake.params.layout, snakemake.params.root, snakemake.params.metadata).to_parquet(
+    snakemake.output.inventory, index=False
+)
