@@ -1,0 +1,415 @@
+"""Region masks: import one mask file per region onto the ingested volume's grid and store them as one
+uint16 label file (bit i set <=> voxel in REGIONS[i]) with a JSON sidecar.
+
+Masks are placed in PHYSICAL space (SimpleITK resampling with the volume as reference, nearest neighbour),
+never aligned by array index: a mask on another grid (other origin, spacing, size or orientation) lands
+where it belongs, and a mask whose voxels all fall outside the volume is recorded as `outside`.
+
+A missing, empty or unreadable region file is recorded in the sidecar, never raised: the manifest stage
+decides what to do with a scan whose regions are incomplete.
+
+Sidecar (`<out>.json`, beside `<out>.nii.gz`):
+    regions         list of the 10 region names: the bit order
+    status          {region: "present" | "missing" | "empty" | "outside" | "error: <problem>"}
+    voxels          {region: int}  voxels of the region on the volume grid (0 unless present)
+    source_voxels   {region: int | None}  non-zero voxels in the source file (None: missing or error)
+    resampled       {region: bool | None}  true when the source grid differed from the volume's
+    notes           {region: str | None}  a human-readable reason for anything but a plain `present`
+    sources         {region: {"path": str | None, "sha256": str | None}}
+    volume          {"path", "sha256", "size", "spacing", "origin", "direction"}  (size etc. in ITK [x, y, z])
+    output          {"path", "sha256", "dtype"}
+    format_version  int
+    reg2rg_version  str
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from reg2rg import __version__
+from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
+from reg2rg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+STATUS_PRESENT = "present"
+STATUS_MISSING = "missing"
+STATUS_EMPTY = "empty"
+STATUS_OUTSIDE = "outside"
+STATUS_ERROR_PREFIX = "error: "
+
+# Two grids are "the same" when they agree to within these tolerances (mm for origin, relative for spacing).
+_SPACING_RTOL = 1e-4
+_DIRECTION_ATOL = 1e-4
+_ORIGIN_FRACTION_OF_SPACING = 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure functions on arrays
+# --------------------------------------------------------------------------------------------------------------
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """Pack boolean masks [n_regions, z, y, x] (n_regions <= 16, overlaps allowed) into one uint16 label map:
+    bit i of a voxel is set iff masks[i] is true there."""
+    masks = np.asarray(masks)
+    if masks.ndim < 1 or masks.shape[0] > 16:
+        raise ValueError(f"pack_masks: expected [n<=16, ...] masks, got shape {masks.shape}")
+    label = np.zeros(masks.shape[1:], dtype=np.uint16)
+    for i in range(masks.shape[0]):
+        label |= masks[i].astype(bool).astype(np.uint16) << np.uint16(i)
+    return label
+
+
+def unpack_label_map(label: np.ndarray, n_regions: int = len(REGIONS)) -> np.ndarray:
+    """Unpack a uint16 label map [z, y, x] into boolean masks [n_regions, z, y, x] (bit i -> masks[i]).
+
+    Raises ValueError if the label map has a bit at or above `n_regions` set (it is not a region label map)."""
+    label = np.asarray(label)
+    if not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"unpack_label_map: expected an integer label map, got dtype {label.dtype}")
+    label = label.astype(np.uint16, copy=False)
+    stray = int(np.bitwise_or.reduce(label, axis=None)) >> n_regions if label.size else 0
+    if stray:
+        raise ValueError(f"unpack_label_map: label map has bits above the {n_regions} region bits set")
+    return np.stack([((label >> np.uint16(i)) & np.uint16(1)).astype(bool) for i in range(n_regions)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------
+
+def sidecar_path(out_path: str | Path) -> Path:
+    """`masks/x.nii.gz` -> `masks/x.json` (also `.nii`, `.nrrd`, `.mha`)."""
+    p = Path(out_path)
+    name = p.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(ext):
+            return p.with_name(name[: -len(ext)] + ".json")
+    return p.with_name(name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def radgenome_mask_files(mask_root: str | Path, case_id: str) -> dict[str, Path | None]:
+    """The region files of one RadGenome scan: `{mask_root}/seg_{case_id}/{region}.nii.gz` for each of the 10
+    regions (file names contain spaces, e.g. `trachea and bronchie.nii.gz`), None where the file is absent.
+
+    mask_root is the folder holding `seg_{case_id}` (e.g. `.../train_region_mask`). Names are matched
+    case-insensitively; `.nii` is accepted as well as `.nii.gz`. A missing `seg_` folder gives all None."""
+    folder = Path(mask_root) / f"seg_{case_id}"
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            for ext in (".nii.gz", ".nii"):
+                if name.lower().endswith(ext) and entry.is_file():
+                    key = name[: -len(ext)].strip().lower()
+                    # prefer .nii.gz if both exist
+                    if key not in found or ext == ".nii.gz":
+                        found[key] = entry
+                    break
+    else:
+        log.warning("%s: no mask folder for case %s", folder, case_id)
+    return {r: found.get(r) for r in REGIONS}
+
+
+def _geometry(size, spacing, origin, direction) -> dict:
+    return {
+        "size": [int(s) for s in size],
+        "spacing": [float(s) for s in spacing],
+        "origin": [float(s) for s in origin],
+        "direction": [float(s) + 0.0 for s in direction],  # + 0.0: no "-0.0" in JSON
+    }
+
+
+def _same_grid(a: dict, b: dict) -> bool:
+    if a["size"] != b["size"]:
+        return False
+    sa, sb = np.asarray(a["spacing"]), np.asarray(b["spacing"])
+    if not np.allclose(sa, sb, rtol=_SPACING_RTOL, atol=0):
+        return False
+    if not np.allclose(a["direction"], b["direction"], atol=_DIRECTION_ATOL, rtol=0):
+        return False
+    tol = _ORIGIN_FRACTION_OF_SPACING * float(np.min(sa))
+    return bool(np.all(np.abs(np.asarray(a["origin"]) - np.asarray(b["origin"])) <= tol))
+
+
+def _physical_bbox(geom: dict, index_lo, index_hi) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box (mm, LPS) of the voxel-index box [lo, hi] (inclusive, ITK order)."""
+    d = np.asarray(geom["direction"]).reshape(3, 3)
+    sp = np.asarray(geom["spacing"])
+    o = np.asarray(geom["origin"])
+    corners = []
+    for cx in (index_lo[0] - 0.5, index_hi[0] + 0.5):
+        for cy in (index_lo[1] - 0.5, index_hi[1] + 0.5):
+            for cz in (index_lo[2] - 0.5, index_hi[2] + 0.5):
+                corners.append(o + d @ (np.array([cx, cy, cz]) * sp))
+    c = np.asarray(corners)
+    return c.min(axis=0), c.max(axis=0)
+
+
+def _fmt_box(lo, hi) -> str:
+    return "[" + ", ".join(f"{a:.1f}..{b:.1f}" for a, b in zip(lo, hi)) + "] mm"
+
+
+def _short_error(err: Exception) -> str:
+    """A one-line version of an ITK exception message."""
+    text = " ".join(str(err).split())
+    # ITK messages look like "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123: ITK ERROR: ..."
+    for marker in ("ITK ERROR:", "sitk::ERROR:"):
+        if marker in text:
+            text = text.split(marker, 1)[1].strip()
+            break
+    return text[:300] if text else type(err).__name__
+
+
+def _read_volume_geometry(volume_path: Path) -> dict:
+    import SimpleITK as sitk
+
+    if not volume_path.is_file():
+        raise InputError(volume_path, "volume file not found (run the ingest stage first)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(volume_path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(volume_path, f"cannot read the volume: {_short_error(err)}") from err
+    if reader.GetDimension() != 3:
+        raise InputError(volume_path, f"volume is {reader.GetDimension()}-D, expected 3-D")
+    return _geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def _place_one(path: Path, vol_geom: dict) -> dict:
+    """Read one region file and place it on the volume grid. Returns a record with keys
+    status, mask (bool [z, y, x] or None), voxels, source_voxels, resampled, note. Never raises on bad input."""
+    import SimpleITK as sitk
+
+    rec = {"status": None, "mask": None, "voxels": 0, "source_voxels": None, "resampled": None, "note": None}
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        rec["status"] = STATUS_ERROR_PREFIX + "unreadable image file"
+        rec["note"] = f"{path}: cannot read as an image: {_short_error(err)}"
+        return rec
+    if img.GetDimension() != 3:
+        rec["status"] = STATUS_ERROR_PREFIX + f"{img.GetDimension()}-D image, expected 3-D"
+        rec["note"] = f"{path}: size {list(img.GetSize())}"
+        return rec
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        rec["status"] = STATUS_ERROR_PREFIX + f"{img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
+        rec["note"] = f"{path}: not a scalar mask"
+        return rec
+
+    src_geom = _geometry(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    src = sitk.GetArrayViewFromImage(img)
+    binary = src > 0
+    n_src = int(np.count_nonzero(binary))
+    rec["source_voxels"] = n_src
+    same = _same_grid(src_geom, vol_geom)
+    rec["resampled"] = not same
+    if n_src == 0:
+        rec["status"] = STATUS_EMPTY
+        rec["note"] = "the file holds no non-zero voxel"
+        return rec
+
+    if same:
+        placed = binary.copy()
+    else:
+        bin_img = sitk.GetImageFromArray(binary.astype(np.uint8))
+        bin_img.CopyInformation(img)
+        out = sitk.Resample(
+            bin_img,
+            vol_geom["size"],
+            sitk.Transform(),
+            sitk.sitkNearestNeighbor,
+            vol_geom["origin"],
+            vol_geom["spacing"],
+            vol_geom["direction"],
+            0,
+            sitk.sitkUInt8,
+        )
+        placed = sitk.GetArrayFromImage(out) > 0
+    n = int(np.count_nonzero(placed))
+    if n == 0:
+        idx = np.argwhere(binary)  # [z, y, x]
+        lo, hi = idx.min(axis=0)[::-1], idx.max(axis=0)[::-1]
+        m_lo, m_hi = _physical_bbox(src_geom, lo, hi)
+        v_lo, v_hi = _physical_bbox(vol_geom, [0, 0, 0], [s - 1 for s in vol_geom["size"]])
+        rec["status"] = STATUS_OUTSIDE
+        rec["note"] = (
+            f"the mask's {n_src} voxels lie in {_fmt_box(m_lo, m_hi)} (LPS), none inside the volume "
+            f"{_fmt_box(v_lo, v_hi)}: the mask belongs to another scan or another frame of reference"
+        )
+        return rec
+
+    rec["status"] = STATUS_PRESENT
+    rec["mask"] = placed
+    rec["voxels"] = n
+    if not same:
+        src_ml = n_src * float(np.prod(src_geom["spacing"]))
+        out_ml = n * float(np.prod(vol_geom["spacing"]))
+        frac = out_ml / src_ml if src_ml else 1.0
+        rec["note"] = f"placed in physical space from another grid; {min(frac, 1.0):.0%} of its volume inside"
+        if frac < 0.5:
+            log.warning("%s: only %.0f%% of the mask lies inside the volume", path, 100 * frac)
+    return rec
+
+
+def _cache_valid(out_path: Path, side_path: Path, vol_sha: str, sources: dict) -> dict | None:
+    if not (out_path.is_file() and side_path.is_file()):
+        return None
+    try:
+        side = json.loads(side_path.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        ok = (
+            side.get("format_version") == FORMAT_VERSION
+            and side.get("regions") == list(REGIONS)
+            and side["volume"]["sha256"] == vol_sha
+            and {r: s["sha256"] for r, s in side["sources"].items()} == {r: s["sha256"] for r, s in sources.items()}
+            and side["output"]["sha256"] == _sha256(out_path)
+        )
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return side if ok else None
+
+
+def import_region_masks(
+    volume_path: str | Path,
+    region_files: dict[str, str | Path | None],
+    out_path: str | Path,
+) -> dict:
+    """Place each region's mask file on the grid of `volume_path` (an ingested volume) in physical space,
+    binarise it (> 0) and write all of them as one uint16 label file `out_path` (bit i <=> REGIONS[i]) with a
+    JSON sidecar beside it (see the module docstring). Returns the sidecar dict.
+
+    `region_files` maps region names (case-insensitive) to a file, or None when there is none; regions not
+    named count as missing. A missing, empty, unreadable or misplaced region file is recorded in the sidecar,
+    never raised. An unreadable volume raises InputError.
+
+    If both outputs exist and the sidecar's volume and source checksums still match, nothing is recomputed."""
+    import SimpleITK as sitk
+
+    volume_path, out_path = Path(volume_path), Path(out_path)
+    side_path = sidecar_path(out_path)
+
+    files: dict[str, Path | None] = {r: None for r in REGIONS}
+    for name, f in region_files.items():
+        try:
+            key = REGIONS[region_index(name)]
+        except ValueError as err:
+            raise ValueError(f"import_region_masks: {err}") from None
+        files[key] = Path(f) if f is not None else None
+
+    vol_geom = _read_volume_geometry(volume_path)
+    vol_sha = _sha256(volume_path)
+
+    sources: dict[str, dict] = {}
+    for r, f in files.items():
+        if f is not None and f.is_file():
+            sources[r] = {"path": str(f), "sha256": _sha256(f)}
+        else:
+            sources[r] = {"path": str(f) if f is not None else None, "sha256": None}
+
+    cached = _cache_valid(out_path, side_path, vol_sha, sources)
+    if cached is not None:
+        log.info("%s: up to date, skipped", out_path)
+        return cached
+
+    z, y, x = vol_geom["size"][::-1]
+    label = np.zeros((z, y, x), dtype=np.uint16)
+    status, voxels, source_voxels, resampled, notes = {}, {}, {}, {}, {}
+    for i, r in enumerate(REGIONS):
+        f = files[r]
+        if f is None or not f.exists():
+            rec = {"status": STATUS_MISSING, "mask": None, "voxels": 0, "source_voxels": None, "resampled": None,
+                   "note": "no file given" if f is None else f"file not found: {f}"}
+        elif not f.is_file():
+            rec = {"status": STATUS_ERROR_PREFIX + "not a file", "mask": None, "voxels": 0, "source_voxels": None,
+                   "resampled": None, "note": f"{f} is not a regular file"}
+        else:
+            rec = _place_one(f, vol_geom)
+        if rec["mask"] is not None:
+            label |= rec["mask"].astype(np.uint16) << np.uint16(i)
+        status[r], voxels[r], source_voxels[r] = rec["status"], rec["voxels"], rec["source_voxels"]
+        resampled[r], notes[r] = rec["resampled"], rec["note"]
+        if rec["status"] != STATUS_PRESENT:
+            log.info("%s: region %r %s%s", out_path.name, r, rec["status"], f" ({rec['note']})" if rec["note"] else "")
+
+    out_img = sitk.GetImageFromArray(label)
+    out_img.SetSpacing(vol_geom["spacing"])
+    out_img.SetOrigin(vol_geom["origin"])
+    out_img.SetDirection(vol_geom["direction"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name[:-7] if out_path.name.endswith('.nii.gz') else out_path.stem}"
+                             f".tmp{os.getpid()}.nii.gz")
+    try:
+        sitk.WriteImage(out_img, str(tmp), useCompression=True)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+    side = {
+        "regions": list(REGIONS),
+        "status": status,
+        "voxels": voxels,
+        "source_voxels": source_voxels,
+        "resampled": resampled,
+        "notes": notes,
+        "sources": sources,
+        "volume": {"path": str(volume_path), "sha256": vol_sha, **vol_geom},
+        "output": {"path": str(out_path), "sha256": _sha256(out_path), "dtype": MASK_DTYPE},
+        "format_version": FORMAT_VERSION,
+        "reg2rg_version": __version__,
+    }
+    tmp_side = side_path.with_name(f".{side_path.name}.tmp{os.getpid()}")
+    tmp_side.write_text(json.dumps(side, indent=2) + "\n")
+    os.replace(tmp_side, side_path)
+    return side
+
+
+def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a label file written by import_region_masks and its sidecar: (bool masks [10, z, y, x], sidecar).
+
+    Raises InputError if either file is missing or malformed."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    side_path = sidecar_path(path)
+    if not path.is_file():
+        raise InputError(path, "region mask file not found")
+    if not side_path.is_file():
+        raise InputError(side_path, "region mask sidecar not found")
+    try:
+        side = json.loads(side_path.read_text())
+    except ValueError as err:
+        raise InputError(side_path, f"not valid JSON: {err}") from err
+    if side.get("regions") != list(REGIONS):
+        raise InputError(side_path, f"region order {side.get('regions')!r} differs from {list(REGIONS)!r}")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise InputError(path, f"cannot read: {_short_error(err)}") from err
+    label = sitk.GetArrayFromImage(img)
+    if label.dtype != np.dtype(MASK_DTYPE):
+        raise InputError(path, f"voxel type {label.dtype}, expected {MASK_DTYPE}")
+    try:
+        masks = unpack_label_map(label)
+    except ValueError as err:
+        raise InputError(path, str(err)) from err
+    return masks, side
