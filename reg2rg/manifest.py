@@ -99,13 +99,16 @@ def build_manifest(inventory, ingest_status, mask_status, reports, labels, volum
 def _plain(value):
     """numpy/pyarrow values -> JSON types, for schema validation."""
     import numpy as np
+    import pandas as pd
 
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if value is pd.NA or (isinstance(value, float) and value != value):  # pandas' missing string values
+        return None
     return value
 
 
