@@ -103,13 +103,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def radgenome_mask_files(mask_root: str | Path, case_id: str) -> dict[str, Path | None]:
-    """The region files of one RadGenome scan: `{mask_root}/seg_{case_id}/{region}.nii.gz` for each of the 10
-    regions (file names contain spaces, e.g. `trachea and bronchie.nii.gz`), None where the file is absent.
-
-    mask_root is the folder holding `seg_{case_id}` (e.g. `.../train_region_mask`). Names are matched
-    case-insensitively; `.nii` is accepted as well as `.nii.gz`. A missing `seg_` folder gives all None."""
-    folder = Path(mask_root) / f"seg_{case_id}"
+def region_mask_files(seg_dir: str | Path) -> dict[str, Path | None]:
+    """The region files in one scan's mask folder: `{seg_dir}/{region}.nii.gz` for each of the 10 regions,
+    None where absent. Names match case-insensitively (whitespace stripped); `.nii` is accepted as well as
+    `.nii.gz` (which wins if both exist). Other files are ignored (logged at debug level)."""
+    folder = Path(seg_dir)
     found: dict[str, Path] = {}
     if folder.is_dir():
         for entry in sorted(folder.iterdir()):
@@ -117,13 +115,22 @@ def radgenome_mask_files(mask_root: str | Path, case_id: str) -> dict[str, Path 
             for ext in (".nii.gz", ".nii"):
                 if name.lower().endswith(ext) and entry.is_file():
                     key = name[: -len(ext)].strip().lower()
-                    # prefer .nii.gz if both exist
-                    if key not in found or ext == ".nii.gz":
+                    if key not in REGIONS:
+                        log.debug("%s: not a region file, ignored", entry)
+                    elif key not in found or ext == ".nii.gz":
                         found[key] = entry
                     break
     else:
-        log.warning("%s: no mask folder for case %s", folder, case_id)
+        log.warning("%s: mask folder not found; every region counts as missing", folder)
     return {r: found.get(r) for r in REGIONS}
+
+
+def radgenome_mask_files(mask_root: str | Path, case_id: str) -> dict[str, Path | None]:
+    """The region files of one RadGenome scan: `{mask_root}/seg_{case_id}/{region}.nii.gz` for each of the 10
+    regions (file names contain spaces, e.g. `trachea and bronchie.nii.gz`), None where the file is absent.
+
+    mask_root is the folder holding `seg_{case_id}` (e.g. `.../train_region_mask`). See region_mask_files."""
+    return region_mask_files(Path(mask_root) / f"seg_{case_id}")
 
 
 def _geometry(size, spacing, origin, direction) -> dict:
@@ -413,3 +420,45 @@ def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
     except ValueError as err:
         raise InputError(path, str(err)) from err
     return masks, side
+
+
+def import_case_masks(volume_path: str | Path, mask_dir: str | Path | None, out_path: str | Path) -> dict:
+    """One scan of the workflow: import the region files of `mask_dir` (a RadGenome-style `seg_<id>` folder)
+    onto `volume_path`. Raises InputError when the scan has no mask folder at all (nothing to import);
+    missing or bad files inside it are recorded in the sidecar as usual."""
+    if mask_dir is None or str(mask_dir) == "":
+        raise InputError(volume_path, "the data set gives no mask folder for this scan")
+    if not Path(mask_dir).is_dir():
+        raise InputError(mask_dir, "mask folder not found")
+    return import_region_masks(volume_path, region_mask_files(mask_dir), out_path)
+
+
+def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: str | Path, threads: int = 1):
+    """Import the region masks of every scan of the inventory that was ingested.
+
+    inventory: DataFrame with `case_id, mask_dir` (datasets.INVENTORY_COLUMNS); volume_status: the ingest
+    stage's `case_id, status, reason`. Writes `{out_dir}/{case_id}.nii.gz` and `.json` per scan and returns
+    `case_id, status, reason` for every inventory scan: `ok` (see the sidecar for each region), `error`
+    (no mask folder, unreadable volume, ...) or `skipped` (not ingested)."""
+    import pandas as pd
+
+    from reg2rg.batch import run_per_case
+
+    volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ingested = {r.case_id for r in volume_status.itertuples() if r.status == "ok"}
+    jobs, skipped = [], []
+    for inv in inventory.itertuples():
+        if inv.case_id not in ingested:
+            skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": "not ingested"})
+            continue
+        mask_dir = getattr(inv, "mask_dir", None)
+        jobs.append((inv.case_id, {
+            "volume_path": volumes_dir / f"{inv.case_id}.nii.gz",
+            "mask_dir": None if mask_dir is None or pd.isna(mask_dir) else str(mask_dir),
+            "out_path": out_dir / f"{inv.case_id}.nii.gz",
+        }))
+    status = run_per_case(import_case_masks, jobs, threads=threads, desc="masks")
+    if skipped:
+        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
+    return status.sort_values("case_id").reset_index(drop=True)

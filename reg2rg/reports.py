@@ -131,6 +131,30 @@ def read_radgenome_region_reports(csv_path: str | Path) -> pd.DataFrame:
     return out
 
 
+def inventory_reports(inventory) -> pd.DataFrame:
+    """Region reports of every report CSV the inventory names (column `report_csv`, RadGenome format), one
+    table. Rows of scans that are not in the inventory are kept (the manifest reports them as orphans); a
+    scan found in two CSVs keeps its first row and gets a problem naming the other file."""
+    paths = sorted({str(p) for p in inventory["report_csv"].tolist() if p is not None and not pd.isna(p)})
+    frames = []
+    for p in paths:
+        df = read_radgenome_region_reports(p)
+        df["_source"] = p
+        frames.append(df)
+    if not frames:
+        log.warning("the inventory names no report CSV: no region reports")
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in OUTPUT_COLUMNS})
+    allr = pd.concat(frames, ignore_index=True)
+    dup = allr["case_id"].duplicated(keep="first")
+    if dup.any():
+        first = allr[~dup].set_index("case_id")
+        for case_id, src in zip(allr.loc[dup, "case_id"], allr.loc[dup, "_source"]):
+            log.warning("scan %s occurs in %s and %s; the first is used", case_id, first.at[case_id, "_source"], src)
+            first.at[case_id, "problems"] = list(first.at[case_id, "problems"]) + [f"also in {src}"]
+        allr = first.reset_index()
+    return allr[list(OUTPUT_COLUMNS)].reset_index(drop=True)
+
+
 def _fields() -> list:
     import pyarrow as pa
 

@@ -235,3 +235,31 @@ def test_radgenome_mask_files(tmp_path):
     assert files["lung"] == seg / "lung.nii.gz"
     assert files["bone"] is None
     assert all(v is None for v in radgenome_mask_files(tmp_path / "train_region_mask", "other").values())
+
+
+def test_masks_inventory_per_scan_status(tmp_path):
+    """The workflow step: every inventory scan gets a status row; bad files inside a scan stay per region."""
+    import pandas as pd
+
+    from reg2rg.masks import masks_inventory
+
+    vols = tmp_path / "volumes"
+    vols.mkdir()
+    for c in ("a", "b", "c"):
+        sitk.WriteImage(sitk.ReadImage(str(CIP / "ct-64.nrrd")), str(vols / f"{c}.nii.gz"))
+    seg = tmp_path / "train_region_mask"
+    (seg / "seg_a").mkdir(parents=True)
+    sitk.WriteImage(sitk.ReadImage(str(CIP / "wholeLung-64.nrrd")), str(seg / "seg_a" / "lung.nii.gz"))
+    (seg / "seg_a" / "trachea and bronchie.nii.gz").write_bytes(b"garbage")
+    inv = pd.DataFrame({"case_id": ["a", "b", "c", "d"],
+                        "mask_dir": [str(seg / "seg_a"), str(seg / "seg_b"), None, str(seg / "seg_d")]})
+    ingest = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "status": ["ok", "ok", "ok", "error"],
+                           "reason": ["", "", "", "bad"]})
+    status = masks_inventory(inv, ingest, vols, tmp_path / "masks", threads=1).set_index("case_id")
+    assert status.loc["a", "status"] == "ok"
+    assert status.loc["b", "status"] == "error" and "seg_b" in status.loc["b", "reason"]
+    assert status.loc["c", "status"] == "error" and "no mask folder" in status.loc["c", "reason"]
+    assert status.loc["d", "status"] == "skipped"
+    masks, side = read_region_masks(tmp_path / "masks" / "a.nii.gz")
+    assert side["status"]["lung"] == "present" and side["status"]["trachea and bronchie"].startswith("error")
+    assert masks[LUNG].sum() == side["voxels"]["lung"] > 0

@@ -100,3 +100,22 @@ def test_parquet_round_trip(table, tmp_path):
     assert back["problems"].tolist() == table["problems"].tolist()
     with pytest.raises(InputError):
         read_region_reports(tmp_path / "nope.parquet")
+
+
+def test_inventory_reports_concatenates_csvs(tmp_path):
+    import pandas as pd
+
+    from reg2rg.reports import inventory_reports
+
+    a = _write(tmp_path / "train_region_report.csv", ROWS)
+    b = _write(tmp_path / "validation_region_report.csv",
+               [("valid_9_a_1.nii.gz", "", "Valid report."), ("valid_9_a_1.nii.gz", "thyroid", "Thyroid normal."),
+                ("train_2_a_1.nii.gz", "", "Duplicate scan.")])
+    inv = pd.DataFrame({"case_id": ["x", "y", "z"], "report_csv": [str(a), str(b), None]})
+    out = inventory_reports(inv).set_index("case_id")
+    assert sorted(out.index) == ["train_1_a_1", "train_2_a_1", "train_3_b_2", "valid_9_a_1"]
+    assert out.loc["valid_9_a_1", "region_texts"][I["thyroid"]] == "Thyroid normal."
+    assert out.loc["train_2_a_1", "report"] == "Whole report two."
+    assert any("validation_region_report.csv" in p for p in out.loc["train_2_a_1", "problems"])
+    write_region_reports(out.reset_index(), tmp_path / "r.parquet")
+    assert len(read_region_reports(tmp_path / "r.parquet")) == 4
