@@ -1,7 +1,8 @@
 """Manifests: one Parquet file per split, one row per input scan, validated against a JSON schema.
 
 A scan is `included` when it was ingested, has at least one region with both a mask and a text, and its
-report had no problem; otherwise it is `excluded` with the reason. Every scan of the inventory appears.
+report names no unknown region; otherwise it is `excluded` with the reason. Problems that do not exclude a
+scan (a report joined from its region rows, a mask placed from another grid...) are kept in `notes`. Every scan of the inventory appears.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from reg2rg.constants import REGIONS
+from reg2rg.reports import PROBLEM_UNKNOWN_REGION
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir:
         "case_id": inv.case_id, "split": inv.split, "source_split": inv.source_split, "image": inv.image,
         "volume": None, "mask": None, "size": None, "spacing": None, "origin": None, "direction": None,
         "intensity_mode": inv.intensity_mode, "region_status": ["unknown"] * len(REGIONS),
-        "region_texts": [None] * len(REGIONS), "regions_usable": [], "report": None, "labels": labels,
+        "region_texts": [None] * len(REGIONS), "regions_usable": [], "report": None, "labels": labels, "notes": [],
     }
     if ingest_reason is None:
         reasons.append("not ingested: no ingest status for this scan")
@@ -49,6 +51,8 @@ def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir:
             side = json.loads((masks_dir / f"{inv.case_id}.json").read_text())
             row["mask"] = str(masks_dir / f"{inv.case_id}.nii.gz")
             row["region_status"] = [side["status"][r] for r in REGIONS]
+            row["notes"] += [f"mask {r}: {n}" for r, n in (side.get("notes") or {}).items()
+                             if n and side["status"][r] not in ("present", "missing", "empty")]
             if not any(s == "present" for s in row["region_status"]):
                 reasons.append("no usable region mask: " + ", ".join(
                     f"{r} {s}" for r, s in zip(REGIONS, row["region_status"])))
@@ -57,8 +61,10 @@ def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir:
     else:
         row["report"] = report["report"]
         row["region_texts"] = [None if t is None else str(t) for t in report["region_texts"]]
-        if len(report["problems"]):
-            reasons.append("report: " + "; ".join(report["problems"]))
+        blocking = [p for p in report["problems"] if PROBLEM_UNKNOWN_REGION in p]
+        if blocking:
+            reasons.append("report: " + "; ".join(blocking))
+        row["notes"] = [f"report: {p}" for p in report["problems"] if p not in blocking]
     row["regions_usable"] = [r for r, s, t in zip(REGIONS, row["region_status"], row["region_texts"])
                              if s == "present" and t]
     if not reasons and not row["regions_usable"]:

@@ -49,7 +49,7 @@ def stages(tmp_path):
     mask_status = pd.DataFrame([{"case_id": c, "status": "ok", "reason": ""} for c, _ in cases if c != "badingest"])
     texts = ["t"] * 10
     reports = pd.DataFrame([
-        _report("ok", [None] * 9 + ["trachea text"]), _report("badingest", texts), _report("nomasks", texts),
+        _report("ok", [None] * 9 + ["trachea text"], ["no whole-report row; report joined from the region sentences"]), _report("badingest", texts), _report("nomasks", texts),
         _report("unknownregion", texts, ["row 7: unknown region 'spleen'"]), _report("notext", [None] * 10),
         _report("orphan", texts),
     ])
@@ -62,6 +62,7 @@ def test_every_scan_appears_with_reasons(stages):
     assert sorted(m.index) == sorted(stages[0].case_id)  # the orphan report row is not a scan
     assert m.loc["ok", "status"] == "included" and m.loc["ok", "reason"] == ""
     assert m.loc["ok", "regions_usable"] == ["trachea and bronchie"]
+    assert m.loc["ok", "notes"] == ["report: no whole-report row; report joined from the region sentences"]
     assert m.loc["ok", "labels"] == [0, 1] * 9 and m.loc["ok", "size"] == [10, 12, 5]
     assert "truncated" in m.loc["badingest", "reason"] and pd.isna(m.loc["badingest", "volume"])
     assert "no usable region mask" in m.loc["nomasks", "reason"] and "abdomen missing" in m.loc["nomasks", "reason"]
