@@ -11,6 +11,20 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger(__name__)
 
 
+def _one_thread_per_worker() -> None:
+    """Pool workers share the cores: each runs ITK (SimpleITK) and torch on one thread."""
+    import os
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    except ImportError:
+        pass
+
+
 def _run_one(func: Callable[..., Any], case_id: str, kwargs: dict) -> dict:
     from reg2rg.errors import Reg2RGError
 
@@ -39,7 +53,7 @@ def run_per_case(func: Callable[..., Any], jobs: Iterable[tuple[str, dict]], thr
         for case_id, kwargs in tqdm(jobs, desc=desc, unit="scan"):
             rows.append(_run_one(func, case_id, kwargs))
     else:
-        with ProcessPoolExecutor(max_workers=threads) as pool:
+        with ProcessPoolExecutor(max_workers=threads, initializer=_one_thread_per_worker) as pool:
             futures = [pool.submit(_run_one, func, case_id, kwargs) for case_id, kwargs in jobs]
             for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="scan"):
                 rows.append(fut.result())

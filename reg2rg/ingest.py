@@ -937,3 +937,26 @@ def cli(args) -> int:
              side["hu_check"]["air_hu"], "" if side["hu_check"]["plausible"] else " (NOT plausible)",
              time.perf_counter() - t0)
     return 0
+
+
+def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=False, threads: int = 1):
+    """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
+
+    Returns `case_id, status, reason` for every scan: a scan that cannot be read is recorded with the
+    reason and the others go on."""
+    import pandas as pd
+
+    from reg2rg.batch import run_per_case
+
+    out_dir = Path(out_dir)
+    jobs = [
+        (inv.case_id, {
+            "input_path": inv.image,
+            "output_path": out_dir / f"{inv.case_id}.nii.gz",
+            "spacing": tuple(spacing),
+            "metadata_csv": None if pd.isna(inv.metadata_csv) else inv.metadata_csv,
+            "already_hu": bool(already_hu) and pd.isna(inv.metadata_csv),
+        })
+        for inv in inventory.itertuples()
+    ]
+    return run_per_case(ingest, jobs, threads=threads, desc="ingest")
