@@ -1,0 +1,278 @@
+"""The Reg2RG model configuration: one dataclass tree, JSON/YAML round-trippable, validated on creation.
+
+Axis order: every 3-vector here (input size, patch sizes, position grids) is written (x, y, z), the
+order of `docs/formats.md`. Model tensors are laid out [N, C, X, Y, Z] to match: a SimpleITK array
+`[z, y, x]` becomes model input with `array.transpose(2, 1, 0)`. This is also the layout RadFM's ViT was
+trained on (nibabel arrays, slices last), so its patch (32, 32, 4) keeps 4 slices per patch.
+
+Presets live in `config/presets.yaml` under `presets:`; `config_from_preset(mapping, **overrides)` turns one
+preset mapping into a config.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reg2rg.errors import ConfigError
+
+ARCHS = ("llama", "gpt2")
+# LoRA targets per decoder when the config leaves them unset: Llama's attention query and value projections
+# (the paper's choice), GPT-2's fused query/key/value projection.
+DEFAULT_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
+
+
+def _triple(value, name: str) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        value = (value, value, value)
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError as err:
+        raise ConfigError(f"{name}: expected three integers (x, y, z), got {value!r}") from err
+    if len(out) != 3 or min(out) <= 0:
+        raise ConfigError(f"{name}: expected three positive integers (x, y, z), got {value!r}")
+    return out
+
+
+@dataclass
+class ViTConfig:
+    """A 3D ViT in RadFM's layout (pre-norm blocks, learned per-axis position tables)."""
+
+    patch_size: tuple[int, int, int] = (32, 32, 4)
+    dim: int = 768
+    depth: int = 12
+    heads: int = 8
+    dim_head: int = 64
+    mlp_dim: int = 2048
+    # RadFM's ViT reads 3 channels (a grey volume repeated); a 1-channel input is repeated to this many.
+    in_channels: int = 3
+    # Length of the learned position table per axis. RadFM built its tables for 512 x 512 x 512 inputs with
+    # patch 32 x 32 x 4, i.e. (16, 16, 128), and reads every (table // grid)-th row for a smaller grid.
+    # None: exactly the input's patch grid.
+    pos_grid: tuple[int, int, int] | None = (16, 16, 128)
+
+    def __post_init__(self):
+        self.patch_size = _triple(self.patch_size, "patch_size")
+        if self.pos_grid is not None:
+            self.pos_grid = _triple(self.pos_grid, "pos_grid")
+
+
+@dataclass
+class PerceiverConfig:
+    """Flamingo/RadFM Perceiver resampler: `num_latents` queries cross-attend to the ViT tokens `depth` times."""
+
+    depth: int = 6
+    num_latents: int = 32
+    heads: int = 8
+    dim_head: int = 64
+    ff_mult: int = 4
+
+
+@dataclass
+class LLMConfig:
+    """The decoder: exactly one of `path` (a local Hugging Face folder) or `sizes` (random init) is set."""
+
+    arch: str = "llama"
+    path: str | None = None
+    # Random init: keyword arguments of LlamaConfig / GPT2Config (e.g. hidden_size, num_hidden_layers,
+    # num_attention_heads, intermediate_size). vocab_size and the bos/eos/pad ids come from the tokenizer.
+    sizes: dict[str, Any] | None = None
+    vocab_size: int | None = None  # None: the tokenizer's text vocabulary
+    dtype: str = "float32"  # dtype of the LLM weights ("bfloat16" for the paper's 7B)
+    # Train every LLM weight besides LoRA. Off for a pretrained decoder (the paper: frozen, LoRA only); on for a
+    # randomly initialised one, which has nothing to keep and cannot learn through LoRA alone (its frozen
+    # random head and final norm cap the logits near uniform).
+    train_base: bool = False
+
+
+@dataclass
+class LoRASettings:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None  # None: DEFAULT_LORA_TARGETS[llm.arch]
+
+    def __post_init__(self):
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
+
+
+def _default_mask_encoder() -> ViTConfig:
+    # The authors' light mask ViT: patch 32 x 32 x 16, width 255 (3 x 85 for the per-axis position tables),
+    # 3 blocks, 8 heads of 64, MLP 512, one channel.
+    return ViTConfig(patch_size=(32, 32, 16), dim=255, depth=3, heads=8, dim_head=64, mlp_dim=512,
+                     in_channels=1, pos_grid=None)
+
+
+@dataclass
+class Reg2RGConfig:
+    """Everything that fixes the model's shape and behaviour; written beside a trained model as JSON."""
+
+    input_size: tuple[int, int, int] = (256, 256, 64)  # (x, y, z) of the global volume, crops and masks
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
+    mask_encoder: ViTConfig = field(default_factory=_default_mask_encoder)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoRASettings = field(default_factory=LoRASettings)
+    tokenizer_path: str | None = None  # None: the LLM folder (paper) or a tokenizer the workflow trains (tiny)
+    tokenizer_vocab_size: int = 1024  # byte-level BPE size when the workflow trains the tiny tokenizer
+    vision_checkpoint: str | None = None  # RadFM_vit3d.pth
+    perceiver_checkpoint: str | None = None  # RadFM_perceiver_fc.pth (its "perceiver" part)
+    load_radfm_fc: bool = False  # also take RadFM's fc (only fits an LLM of RadFM's width, 5120)
+    freeze_vit: bool = True
+    gradient_checkpointing: bool = False
+    encoder_chunk_size: int | None = None  # volumes per visual-encoder call (None: all in one call)
+    max_seq_len: int = 2048  # longest example; targets are cut to fit, prompts never
+    # Ablations (all on = the paper's model).
+    use_texture: bool = True  # 32 texture tokens per region
+    use_geometry: bool = True  # 1 geometry (mask) token per region
+    use_global: bool = True  # the global image segment of the prompt
+    use_rra: bool = True  # "The region i is <area>: " prefixes in the target
+    use_lfd: bool = True  # off: the texture input is the uncropped masked volume (the data side supplies it)
+
+    def __post_init__(self):
+        self.input_size = _triple(self.input_size, "input_size")
+        self.validate()
+
+    # -- derived values ---------------------------------------------------------------------------------
+    @property
+    def num_image_tokens(self) -> int:
+        return self.perceiver.num_latents
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return tuple(self.lora.target_modules or DEFAULT_LORA_TARGETS[self.llm.arch])
+
+    @property
+    def prompt_layout(self):
+        from reg2rg.prompt import PromptLayout
+
+        return PromptLayout(
+            num_image_tokens=self.perceiver.num_latents,
+            num_texture_tokens=self.perceiver.num_latents if self.use_texture else 0,
+            use_geometry=self.use_geometry,
+            use_global=self.use_global,
+            use_rra=self.use_rra,
+        )
+
+    def validate(self) -> None:
+        if self.llm.arch not in ARCHS:
+            raise ConfigError(f"llm.arch: {self.llm.arch!r} is not one of {', '.join(ARCHS)}")
+        if (self.llm.path is None) == (self.llm.sizes is None):
+            raise ConfigError("llm: set exactly one of `path` (a local pretrained folder) or `sizes` (random init)")
+        if not (self.use_texture or self.use_geometry):
+            raise ConfigError("use_texture and use_geometry are both off: a region would have no visual tokens")
+        for name, vit in (("vit", self.vit), ("mask_encoder", self.mask_encoder)):
+            for axis, size, patch in zip("xyz", self.input_size, vit.patch_size):
+                if size % patch:
+                    raise ConfigError(f"{name}.patch_size: input_size {axis}={size} is not divisible by {patch}")
+            if vit.dim % 3:
+                raise ConfigError(f"{name}.dim: {vit.dim} must be divisible by 3 (one position table per axis)")
+            if vit.pos_grid is not None:
+                grid = [s // p for s, p in zip(self.input_size, vit.patch_size)]
+                for axis, table, n in zip("xyz", vit.pos_grid, grid):
+                    if table % n:
+                        raise ConfigError(f"{name}.pos_grid: {axis} table of {table} rows cannot serve a grid of {n}")
+        if self.perceiver.num_latents <= 0:
+            raise ConfigError("perceiver.num_latents must be positive")
+
+    # -- (de)serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [plain(x) for x in v]
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Reg2RGConfig":
+        return _build(cls, data, "")
+
+    def to_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path) -> "Reg2RGConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: cannot read the model config: {err}") from err
+        return cls.from_dict(data)
+
+    def replace(self, **overrides) -> "Reg2RGConfig":
+        return config_from_preset(self.to_dict(), **overrides)
+
+
+_NESTED = {"vit": ViTConfig, "perceiver": PerceiverConfig, "mask_encoder": ViTConfig, "llm": LLMConfig,
+           "lora": LoRASettings}
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'model config'}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'model config'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        if cls is Reg2RGConfig and key in _NESTED:
+            value = dict(value or {})
+            if key == "mask_encoder":
+                # Unset mask-encoder fields take the authors' mask ViT values, not the image ViT's.
+                value = {**dataclasses.asdict(_default_mask_encoder()), **value}
+            value = _build(_NESTED[key], value, key)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or 'model config'}: {err}") from err
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "sizes":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_from_preset(mapping: dict[str, Any], **overrides) -> Reg2RGConfig:
+    """A config from one preset mapping (e.g. `yaml["presets"]["tiny"]`) plus overrides.
+
+    Overrides are top-level keys (`use_global=False`), nested mappings merged into a section
+    (`llm={"path": "models/llama"}`), or a section key written with a double underscore (`llm__path=...`).
+    """
+    extra: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "__" in key:
+            section, sub = key.split("__", 1)
+            extra = _deep_merge(extra, {section: {sub: value}})
+        else:
+            extra = _deep_merge(extra, {key: value})
+    return Reg2RGConfig.from_dict(_deep_merge(mapping or {}, extra))
+
+
+def load_preset(name: str, path=None, **overrides) -> Reg2RGConfig:
+    """Read `presets.<name>` from a YAML file (default: the repository's config/presets.yaml)."""
+    import yaml
+
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "config" / "presets.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read model presets: {err}") from err
+    presets = data.get("presets", data)
+    if name not in presets:
+        raise ConfigError(f"{path}: no preset {name!r}; presets: {', '.join(sorted(presets))}")
+    return config_from_preset(presets[name], **overrides)

@@ -1,0 +1,569 @@
+"""The Reg2RG model at tiny sizes: merging by position, gradients, loading paths, RadFM key mapping, ablations."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reg2rg.errors import ConfigError, InputError
+from reg2rg.model import (
+    Reg2RGConfig,
+    build_model,
+    config_from_preset,
+    load_preset,
+    load_tokenizer,
+    load_trained,
+    save_trained,
+    train_tiny_tokenizer,
+)
+from reg2rg.model.build import load_base_llm
+from reg2rg.model.tokenizer import text_vocab_size
+from reg2rg.prompt import (
+    DELIMITER_TOKENS,
+    GEOMETRY_TOKEN,
+    IMAGE_TOKEN,
+    TEXTURE_TOKEN,
+    build_example,
+    pad_examples,
+    parse_rra,
+)
+
+REPORTS = {
+    "lung": "A 6 mm nodule in the right upper lobe.",
+    "heart": "Heart size is normal.",
+    "pleura": "No pleural effusion.",
+    "bone": "Degenerative changes of the spine.",
+}
+SMALL = dict(
+    input_size=[32, 32, 8],
+    vit={"patch_size": [16, 16, 4]},
+    mask_encoder={"patch_size": [16, 16, 8]},
+    perceiver={"num_latents": 4},
+)
+SMALL_LLAMA = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+               "intermediate_size": 64, "max_position_embeddings": 1024}
+# The paper preset's encoders shrunk to test size (same code path: RadFM layout, 3 channels, frozen ViT).
+PAPER_SMALL = dict(
+    input_size=[32, 32, 8],
+    vit={"patch_size": [16, 16, 4], "dim": 24, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 32,
+         "pos_grid": [4, 4, 8]},
+    perceiver={"depth": 2, "num_latents": 4, "heads": 2, "dim_head": 8, "ff_mult": 2},
+    mask_encoder={"patch_size": [16, 16, 8], "dim": 12, "depth": 3, "heads": 2, "dim_head": 6, "mlp_dim": 16},
+)
+
+
+def tiny_config(**overrides) -> Reg2RGConfig:
+    return load_preset("tiny", **{**SMALL, "llm": {"sizes": SMALL_LLAMA}, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_tokenizer(list(REPORTS.values()) * 5, 320, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return load_tokenizer(tok_dir)
+
+
+def make_batch(tok, cfg, region_lists, *, with_target=True, padding_side="right", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    examples = [build_example(tok, [(a, REPORTS[a] if with_target else None) for a in regions], cfg,
+                              with_target=with_target) for regions in region_lists]
+    batch = pad_examples(examples, tok.pad_token_id, padding_side=padding_side)
+    n_regions = sum(len(r) for r in region_lists)
+    shape = tuple(cfg.input_size)
+    vols = {
+        "global_volume": torch.randn((len(region_lists), 1) + shape, generator=gen) if cfg.use_global else None,
+        "region_crops": torch.randn((n_regions, 1) + shape, generator=gen) if cfg.use_texture else None,
+        "region_masks": (torch.rand((n_regions, 1) + shape, generator=gen) > 0.5).float() if cfg.use_geometry else None,
+        "region_counts": [len(r) for r in region_lists],
+    }
+    return batch, vols
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config and presets
+
+
+def test_presets_and_config_round_trip():
+    paper = load_preset("paper")
+    assert paper.input_size == (256, 256, 64) and paper.vit.patch_size == (32, 32, 4)
+    assert (paper.vit.dim, paper.vit.depth, paper.vit.heads, paper.vit.mlp_dim) == (768, 12, 8, 2048)
+    assert (paper.perceiver.depth, paper.perceiver.num_latents) == (6, 32)
+    assert paper.mask_encoder.patch_size == (32, 32, 16) and paper.mask_encoder.depth == 3
+    assert paper.lora_targets == ("q_proj", "v_proj") and (paper.lora.r, paper.lora.alpha, paper.lora.dropout) == (8, 32, 0.1)
+    assert paper.freeze_vit and not load_preset("tiny").freeze_vit
+    data = json.loads(json.dumps(paper.to_dict()))
+    assert Reg2RGConfig.from_dict(data) == paper
+    over = config_from_preset(data, llm__path="/x/llama", use_global=False, vit={"depth": 2})
+    assert over.llm.path == "/x/llama" and not over.use_global and over.vit.depth == 2 and over.vit.dim == 768
+    gpt2 = load_preset("tiny", llm={"arch": "gpt2", "sizes": {"n_embd": 32}})
+    assert gpt2.lora_targets == ("c_attn",)
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_preset(data, vit={"widht": 3})
+    with pytest.raises(ConfigError, match="exactly one"):
+        config_from_preset(data, llm={"sizes": {"hidden_size": 8}})
+    with pytest.raises(ConfigError, match="both off"):
+        tiny_config(use_texture=False, use_geometry=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merging by position, padding, variable regions
+
+
+def test_visual_tokens_land_at_placeholders(tok):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    regions = [["lung", "heart"], ["bone"], []]
+    batch, vols = make_batch(tok, cfg, regions)
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        embeds = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        glob = model.visual(vols["global_volume"])
+        tex = model.visual(vols["region_crops"])
+        geo = model.mask_proj(model.mask_encoder(vols["region_masks"]))
+        text = model.llm.get_input_embeddings()
+    tid = {t: tok.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, TEXTURE_TOKEN, GEOMETRY_TOKEN, *DELIMITER_TOKENS)}
+    first = 0
+    for b, row in enumerate(ids):
+        img_pos = (row == tid[IMAGE_TOKEN]).nonzero().flatten()
+        assert torch.allclose(embeds[b, img_pos], glob[b], atol=1e-5)
+        tex_pos = (row == tid[TEXTURE_TOKEN]).nonzero().flatten()
+        geo_pos = (row == tid[GEOMETRY_TOKEN]).nonzero().flatten()
+        n = len(regions[b])
+        assert len(tex_pos) == n * cfg.num_image_tokens and len(geo_pos) == n
+        if n:
+            assert torch.allclose(embeds[b, tex_pos], tex[first:first + n].reshape(-1, tex.shape[-1]), atol=1e-5)
+            assert torch.allclose(embeds[b, geo_pos], geo[first:first + n], atol=1e-5)
+        for k, d in enumerate(DELIMITER_TOKENS):
+            pos = (row == tid[d]).nonzero().flatten()
+            assert torch.equal(embeds[b, pos], model.delimiter_embeddings.weight[k].expand(len(pos), -1))
+        special = torch.isin(row, torch.tensor(list(tid.values())))
+        assert torch.equal(embeds[b, ~special], text(row[~special]))  # text and padding
+        first += n
+
+
+def test_padding_and_variable_regions_do_not_change_a_sample(tok):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    regions = [["lung", "heart", "pleura"], ["bone"]]
+    batch, vols = make_batch(tok, cfg, regions)
+    with torch.no_grad():
+        both = model(**batch, **vols).logits
+        alone_batch = {k: v[1:2, : int(batch["attention_mask"][1].sum())] for k, v in batch.items()}
+        alone = model(**alone_batch, global_volume=vols["global_volume"][1:], region_crops=vols["region_crops"][3:],
+                      region_masks=vols["region_masks"][3:], region_counts=[1]).logits
+    n = alone.shape[1]
+    assert both.shape[1] > n  # sample 1 was padded
+    assert torch.allclose(both[1, :n], alone[0], atol=1e-4)
+    with torch.no_grad():  # encoding in chunks changes nothing
+        whole = model.visual(vols["region_crops"])
+        model.visual.chunk_size = 2
+        assert torch.allclose(model.visual(vols["region_crops"]), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="region_counts"):
+        model(**batch, **{**vols, "region_counts": [2, 2]})
+    with pytest.raises(ValueError, match="positions in input_ids"):
+        model(**batch, **{**vols, "region_counts": None, "region_crops": vols["region_crops"][:3]})
+
+
+def test_scan_without_regions(tok):
+    cfg = tiny_config()
+    model = build_model(cfg, tok).eval()
+    batch, vols = make_batch(tok, cfg, [[], []], with_target=False, padding_side="left")
+    assert vols["region_crops"].shape[0] == 0
+    out = model.generate(batch["input_ids"], batch["attention_mask"], **vols, max_new_tokens=3)
+    assert out.shape[0] == 2
+    batch, vols = make_batch(tok, cfg, [[], ["lung"]])
+    assert torch.isfinite(model(**batch, **vols).loss)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What trains
+
+
+def trainable_groups(model):
+    return {
+        "perceiver": list(model.visual.perceiver.parameters()),
+        "visual.proj": list(model.visual.proj.parameters()),
+        "mask_encoder": list(model.mask_encoder.parameters()),
+        "mask_proj": list(model.mask_proj.parameters()),
+        "delimiters": [model.delimiter_embeddings.weight],
+        "lora_B": [p for n, p in model.llm.named_parameters() if "lora_B" in n],
+    }
+
+
+@pytest.mark.parametrize("freeze_vit, train_base", [(True, False), (False, False), (False, True)])
+def test_only_intended_parameters_get_gradients(tok, freeze_vit, train_base):
+    cfg = tiny_config(freeze_vit=freeze_vit, llm={"sizes": SMALL_LLAMA, "train_base": train_base})
+    model = build_model(cfg, tok).train()
+    with torch.no_grad():  # LoRA B starts at zero (so A gets no gradient yet): move it off zero
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    batch, vols = make_batch(tok, cfg, [["lung", "heart"], ["bone"]])
+    model(**batch, **vols).loss.backward()
+    for name, params in trainable_groups(model).items():
+        assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    lora = [(n, p) for n, p in model.llm.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for _, p in lora)
+    assert all("q_proj" in n or "v_proj" in n for n, _ in lora)
+    base = [(n, p) for n, p in model.llm.named_parameters() if "lora_" not in n]
+    if train_base:  # the random decoder of the tiny preset trains whole
+        assert base and all(p.requires_grad and p.grad is not None for _, p in base)
+    else:  # the paper's: frozen base, LoRA only
+        assert base and all(not p.requires_grad and p.grad is None for _, p in base)
+    vit = list(model.visual.vit.parameters())
+    if freeze_vit:
+        assert all(not p.requires_grad and p.grad is None for p in vit)
+        assert not model.visual.vit.training and model.visual.perceiver.training  # still eval after .train()
+        model.eval().train()
+        assert not model.visual.vit.training
+    else:
+        assert all(p.grad is not None for p in vit) and model.visual.vit.training
+    # Exactly these train: nothing else asks for gradients.
+    expected = {id(p) for ps in trainable_groups(model).values() for p in ps} | {id(p) for _, p in lora}
+    if not freeze_vit:
+        expected |= {id(p) for p in vit}
+    if train_base:
+        expected |= {id(p) for _, p in base}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RadFM checkpoints: reference modules written in RadFM's layout (its module tree and key names), independent of ours
+
+
+class _RadFMPatchEmbedding(nn.Module):
+    """RadFM: Rearrange('b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)'), here by explicit slicing."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        (p1, p2, pf), (b, c, H, W, F) = self.p, x.shape
+        rows = []
+        for i in range(H // p1):
+            for j in range(W // p2):
+                for k in range(F // pf):
+                    patch = x[:, :, i * p1:(i + 1) * p1, j * p2:(j + 1) * p2, k * pf:(k + 1) * pf]
+                    rows.append(patch.permute(0, 2, 3, 4, 1).reshape(b, -1))
+        return torch.stack(rows, dim=1)
+
+
+class _PosEmb(nn.Module):
+    def __init__(self, feats, nh, nw, nd):
+        super().__init__()
+        self.row_embed, self.col_embed, self.dep_embed = nn.Embedding(nh, feats), nn.Embedding(nw, feats), nn.Embedding(nd, feats)
+
+    def forward(self, h, w, d):
+        out = []
+        for i in range(h):
+            for j in range(w):
+                for k in range(d):
+                    ii = (i + 1) * (self.row_embed.num_embeddings // h) - 1
+                    jj = (j + 1) * (self.col_embed.num_embeddings // w) - 1
+                    kk = (k + 1) * (self.dep_embed.num_embeddings // d) - 1
+                    out.append(torch.cat([self.row_embed.weight[ii], self.col_embed.weight[jj], self.dep_embed.weight[kk]]))
+        return torch.stack(out)
+
+
+class _PreNorm(nn.Module):
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x):
+        return self.fn(self.norm(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim, heads, dim_head):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(0.0))
+
+    def forward(self, x):
+        q, k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        attn = (q @ k.transpose(-1, -2) * self.dim_head ** -0.5).softmax(-1)
+        return self.to_out((attn @ v).transpose(1, 2).flatten(2))
+
+
+class _FF(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class RadFMViT(nn.Module):
+    def __init__(self, vit_cfg, input_size):
+        super().__init__()
+        p, dim = vit_cfg.patch_size, vit_cfg.dim
+        patch_dim = p[0] * p[1] * p[2] * vit_cfg.in_channels
+        self.p, self.grid = p, [s // q for s, q in zip(input_size, p)]
+        self.to_patch_embedding = nn.Sequential(_RadFMPatchEmbedding(p), nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+        self.pos_embedding = _PosEmb(dim // 3, *vit_cfg.pos_grid)
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(
+            nn.ModuleList([_PreNorm(dim, _Attention(dim, vit_cfg.heads, vit_cfg.dim_head)), _PreNorm(dim, _FF(dim, vit_cfg.mlp_dim))])
+            for _ in range(vit_cfg.depth))
+        for prm in self.parameters():  # non-trivial LayerNorm affines too
+            nn.init.normal_(prm, 0, 0.2)
+
+    def forward(self, x):
+        x = self.to_patch_embedding(x) + self.pos_embedding(*self.grid)
+        for attn, ff in self.transformer.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return x
+
+
+class _PerceiverAttention(nn.Module):
+    def __init__(self, dim, heads, dim_head):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.norm_media, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+
+    def forward(self, x, latents):
+        x, latents = self.norm_media(x), self.norm_latents(latents)
+        split = lambda t: t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)  # noqa: E731
+        q = split(self.to_q(latents)) * self.dim_head ** -0.5
+        k, v = (split(t) for t in self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1))
+        sim = q @ k.transpose(-1, -2)
+        attn = (sim - sim.amax(-1, keepdim=True)).softmax(-1)
+        return self.to_out((attn @ v).transpose(1, 2).flatten(2))
+
+
+class RadFMPerceiver(nn.Module):
+    def __init__(self, dim, cfg):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(cfg.num_latents, dim))
+        self.layers = nn.ModuleList(
+            nn.ModuleList([_PerceiverAttention(dim, cfg.heads, cfg.dim_head),
+                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * cfg.ff_mult, bias=False), nn.GELU(),
+                                         nn.Linear(dim * cfg.ff_mult, dim, bias=False))])
+            for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(dim)
+        for prm in self.parameters():
+            nn.init.normal_(prm, 0, 0.2)
+
+    def forward(self, x):
+        latents = self.latents.expand(x.shape[0], -1, -1)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm(latents)
+
+
+def write_radfm_files(cfg, folder, fc_out=None):
+    """RadFM_vit3d.pth and RadFM_perceiver_fc.pth for `cfg`'s sizes; returns the reference modules."""
+    torch.manual_seed(1)
+    vit, perceiver = RadFMViT(cfg.vit, cfg.input_size), RadFMPerceiver(cfg.vit.dim, cfg.perceiver)
+    fc = nn.Linear(cfg.vit.dim, fc_out or 8)
+    torch.save(vit.state_dict(), folder / "RadFM_vit3d.pth")
+    torch.save({"perceiver": perceiver.state_dict(), "fc": fc.state_dict()}, folder / "RadFM_perceiver_fc.pth")
+    return vit, perceiver, fc
+
+
+def test_radfm_key_mapping(tmp_path):
+    from reg2rg.model.perceiver import PerceiverResampler
+    from reg2rg.model.radfm import load_radfm_perceiver, load_radfm_vit
+    from reg2rg.model.vit3d import ViT3D
+
+    cfg = load_preset("paper", **PAPER_SMALL)
+    ref_vit, ref_perc, ref_fc = write_radfm_files(cfg, tmp_path, fc_out=16)
+    keys = set(torch.load(tmp_path / "RadFM_vit3d.pth"))
+    assert {"to_patch_embedding.1.weight", "to_patch_embedding.2.weight", "pos_embedding.dep_embed.weight",
+            "transformer.layers.0.0.norm.weight", "transformer.layers.0.0.fn.to_qkv.weight",
+            "transformer.layers.0.0.fn.to_out.0.bias", "transformer.layers.1.1.fn.net.3.weight"} <= keys
+    vit, perc, fc = ViT3D(cfg.vit, cfg.input_size), PerceiverResampler(cfg.vit.dim, cfg.perceiver), nn.Linear(cfg.vit.dim, 16)
+    load_radfm_vit(vit, tmp_path / "RadFM_vit3d.pth")
+    load_radfm_perceiver(perc, tmp_path / "RadFM_perceiver_fc.pth", fc=fc)
+    x = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        tokens = vit(x)
+        assert torch.allclose(tokens, ref_vit(x), atol=1e-4)
+        assert torch.allclose(vit(x[:, :1]), ref_vit(x[:, :1].expand(-1, 3, -1, -1, -1)), atol=1e-4)  # grey -> 3 channels
+        assert torch.allclose(perc(tokens), ref_perc(tokens), atol=1e-4)
+    assert torch.equal(fc.weight, ref_fc.weight)
+
+    # A wrong key: the error names the file, the key that is missing and the one that is unexpected.
+    state = torch.load(tmp_path / "RadFM_vit3d.pth")
+    state["transformer.layers.0.0.fn.to_qkv_renamed.weight"] = state.pop("transformer.layers.0.0.fn.to_qkv.weight")
+    bad = tmp_path / "bad_vit3d.pth"
+    torch.save(state, bad)
+    with pytest.raises(InputError) as err:
+        load_radfm_vit(ViT3D(cfg.vit, cfg.input_size), bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "missing keys: transformer.layers.0.0.fn.to_qkv.weight" in msg
+    assert "unexpected keys: transformer.layers.0.0.fn.to_qkv_renamed.weight" in msg
+    # A wrong shape, and a Perceiver file without its "perceiver" part.
+    state = torch.load(tmp_path / "RadFM_perceiver_fc.pth")
+    state["perceiver"]["latents"] = state["perceiver"]["latents"][:2]
+    torch.save(state, bad)
+    with pytest.raises(InputError, match=r"shape mismatches: latents \(file \(2, 24\), model \(4, 24\)\)"):
+        load_radfm_perceiver(PerceiverResampler(cfg.vit.dim, cfg.perceiver), bad)
+    torch.save({"fc": state["fc"]}, bad)
+    with pytest.raises(InputError, match="'perceiver'"):
+        load_radfm_perceiver(PerceiverResampler(cfg.vit.dim, cfg.perceiver), bad)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pretrained-folder code paths (the paper preset's), generation, save/load
+
+
+def save_tiny_llm(arch, tok, folder, sampling_config=True):
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    ids = dict(vocab_size=text_vocab_size(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if arch == "llama":
+        llm = LlamaForCausalLM(LlamaConfig(**SMALL_LLAMA, **ids))
+    else:
+        llm = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=1024, **ids))
+    llm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    if sampling_config:  # like Llama-2-chat's: must never leak into our decoding
+        GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=5, max_new_tokens=3,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id).save_pretrained(folder)
+    return llm
+
+
+def greedy_by_hand(model, batch, vols, steps):
+    """Greedy decoding of one unpadded prompt with full forward passes (no cache, no generate)."""
+    embeds = model.embed_inputs(batch["input_ids"], vols["global_volume"], vols["region_crops"], vols["region_masks"])
+    emb = model.llm.get_input_embeddings()
+    out = []
+    for _ in range(steps):
+        logits = model.llm(inputs_embeds=embeds).logits[0, -1]
+        nxt = int(logits.argmax())
+        out.append(nxt)
+        if nxt == model.llm.config.eos_token_id:
+            break
+        embeds = torch.cat([embeds, emb(torch.tensor([[nxt]]))], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_pretrained_folder_path_generation_and_round_trip(tok, tmp_path, arch):
+    llm_dir = tmp_path / "llm"
+    saved = save_tiny_llm(arch, tok, llm_dir)
+    write_radfm_files(load_preset("paper", **PAPER_SMALL), tmp_path)
+    cfg = load_preset("paper", **PAPER_SMALL, llm={"arch": arch, "path": str(llm_dir), "dtype": "float32"},
+                      lora={"target_modules": None}, vision_checkpoint=str(tmp_path / "RadFM_vit3d.pth"),
+                      perceiver_checkpoint=str(tmp_path / "RadFM_perceiver_fc.pth"))
+    tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.llm.path)
+    model = build_model(cfg, tokenizer)
+    base = model.llm.get_base_model()
+    name = "model.embed_tokens.weight" if arch == "llama" else "transformer.wte.weight"
+    assert torch.equal(base.state_dict()[name], saved.state_dict()[name])
+    targets = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}[arch]
+    lora_names = [n for n, _ in model.llm.named_parameters() if "lora_A" in n]
+    assert lora_names and all(any(t in n for t in targets) for n in lora_names)
+
+    # One training step so that every trained part (LoRA included) moves off its init.
+    model.train()
+    batch, vols = make_batch(tokenizer, cfg, [["lung", "heart"], ["bone"]])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**batch, **vols).loss.backward()
+    opt.step()
+    model.eval()
+
+    # Greedy by default, whatever generation_config.json says; the KV-cached result equals decoding by hand.
+    one, one_vols = make_batch(tokenizer, cfg, [["lung", "heart"]], with_target=False)
+    args = (one["input_ids"], one["attention_mask"])
+    gen_vols = {k: v for k, v in one_vols.items()}
+    first = model.generate(*args, **gen_vols, max_new_tokens=12)
+    assert first.shape[1] > 3  # generation_config.json's max_new_tokens=3 did not leak either
+    assert torch.equal(first, model.generate(*args, **gen_vols, max_new_tokens=12))
+    with torch.no_grad():
+        by_hand = greedy_by_hand(model, one, one_vols, 12)
+    assert first[0, :len(by_hand)].tolist() == by_hand
+    # Batched, left-padded prompts give what each prompt gives alone.
+    two, two_vols = make_batch(tokenizer, cfg, [["bone"], ["lung", "heart"]], with_target=False, padding_side="left", seed=0)
+    alone, alone_vols = make_batch(tokenizer, cfg, [["bone"]], with_target=False, seed=0)
+    batched = model.generate(two["input_ids"], two["attention_mask"], **two_vols, max_new_tokens=8)
+    single = model.generate(alone["input_ids"], alone["attention_mask"], **alone_vols, max_new_tokens=8)
+    assert batched[0, :single.shape[1]].tolist() == single[0].tolist()
+
+    # save_trained / load_trained: identical outputs; the adapter loads with PeftModel.from_pretrained.
+    out = save_trained(model, tmp_path / "model")
+    assert not (out / "llm_base").exists()
+    loaded = load_trained(out)
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(model(**batch, **vols).logits, loaded(**batch, **vols).logits)
+    assert torch.equal(first, loaded.generate(*args, **gen_vols, max_new_tokens=12))
+    from peft import PeftModel
+
+    peft_llm = PeftModel.from_pretrained(load_base_llm(cfg, tokenizer), str(out / "adapter"))
+    ours = dict(model.llm.named_parameters())
+    for n, p in peft_llm.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, ours[n]), n
+
+
+def test_random_init_round_trip(tok, tmp_path):
+    cfg = tiny_config()
+    model = build_model(cfg, tok)
+    batch, vols = make_batch(tok, cfg, [["lung"], ["heart", "bone"]])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**batch, **vols).loss.backward()
+    opt.step()
+    model.eval()
+    out = save_trained(model, tmp_path / "model")
+    assert (out / "llm_base" / "config.json").exists() and (out / "adapter" / "adapter_config.json").exists()
+    loaded = load_trained(out)
+    assert loaded.config.llm.path == "llm_base" and loaded.config.vit == cfg.vit
+    with torch.no_grad():
+        assert torch.equal(model(**batch, **vols).logits, loaded(**batch, **vols).logits)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ablations and learning
+
+
+@pytest.mark.parametrize("flag", ["use_texture", "use_geometry", "use_global", "use_rra", "use_lfd"])
+def test_each_ablation_builds_and_runs(tok, flag):
+    cfg = tiny_config(**{flag: False})
+    model = build_model(cfg, tok).train()
+    batch, vols = make_batch(tok, cfg, [["lung", "heart"], ["bone"]])
+    out = model(**batch, **vols)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    ids = batch["input_ids"]
+    assert (ids == tok.convert_tokens_to_ids(TEXTURE_TOKEN)).any() == cfg.use_texture
+    assert (ids == tok.convert_tokens_to_ids(GEOMETRY_TOKEN)).any() == cfg.use_geometry
+    assert (ids == tok.convert_tokens_to_ids(IMAGE_TOKEN)).any() == cfg.use_global
+    target = tok.decode(batch["labels"][0][batch["labels"][0] >= 0], skip_special_tokens=True)
+    assert bool(parse_rra(target)) == cfg.use_rra
+    if not cfg.use_texture and not cfg.use_global:
+        assert model.visual is None
+
+
+def test_tiny_model_overfits_one_batch(tok):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg, tok).train()
+    batch, vols = make_batch(tok, cfg, [["lung", "heart"], ["pleura", "bone"]])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(50):
+        loss = model(**batch, **vols).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], losses[::10]
