@@ -72,6 +72,22 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     return df[list(CSV_COLUMNS)]
 
 
+def _fold_region(sentences: list[str]) -> str | None:
+    """One text for a region from its rows (top-level and deeper paths like `lung/lung/right lung`), in
+    their original order. RadGenome's deeper rows repeat parts of the region's text at a finer granularity:
+    a row already contained in the text is not repeated, and a row that contains earlier rows replaces them."""
+    parts: list[str] = []
+    for sentence in sentences:
+        if any(sentence in p for p in parts):
+            continue
+        covered = [k for k, p in enumerate(parts) if p in sentence]
+        if covered:
+            parts = parts[: covered[0]] + [sentence] + [p for k, p in enumerate(parts) if k > covered[0] and k not in covered]
+        else:
+            parts.append(sentence)
+    return " ".join(parts) if parts else None
+
+
 def read_radgenome_region_reports(csv_path: str | Path) -> pd.DataFrame:
     """Read a RadGenome region report CSV into one row per scan (see the module docstring for the columns).
 
@@ -112,7 +128,7 @@ def read_radgenome_region_reports(csv_path: str | Path) -> pd.DataFrame:
     rows = []
     for case_id, c in cases.items():
         problems = list(c["problems"])
-        region_texts = [" ".join(s) if s else None for s in c["regions"]]
+        region_texts = [_fold_region(sentences) for sentences in c["regions"]]
         if len(c["whole_rows"]) > 1:
             problems.append(f"rows {', '.join(map(str, c['whole_rows']))}: "
                             f"{len(c['whole_rows'])} whole-report rows; joined")

@@ -119,3 +119,17 @@ def test_inventory_reports_concatenates_csvs(tmp_path):
     assert any("validation_region_report.csv" in p for p in out.loc["train_2_a_1", "problems"])
     write_region_reports(out.reset_index(), tmp_path / "r.parquet")
     assert len(read_region_reports(tmp_path / "r.parquet")) == 4
+
+
+def test_deeper_rows_repeating_the_region_text_are_not_duplicated(tmp_path):
+    rows = [
+        ("train_2_a_1.nii.gz", "", "Whole report."),
+        ("train_2_a_1.nii.gz", "lung", "A 10 mm nodule in the left upper lobe. The rest is clear."),
+        ("train_2_a_1.nii.gz", "lung/lung/left lung/left upper lobe", "A 10 mm nodule in the left upper lobe."),
+        ("train_2_a_1.nii.gz", "heart/heart/pericardium", "No pericardial effusion."),
+        ("train_2_a_1.nii.gz", "heart", "Heart size is normal. No pericardial effusion."),
+    ]
+    df = read_radgenome_region_reports(_write(tmp_path / "r.csv", rows))
+    texts = dict(zip(REGIONS, df.region_texts[0]))
+    assert texts["lung"] == "A 10 mm nodule in the left upper lobe. The rest is clear."
+    assert texts["heart"] == "Heart size is normal. No pericardial effusion."

@@ -5,7 +5,7 @@ order of `docs/formats.md`. Model tensors are laid out [N, C, X, Y, Z] to match:
 `[z, y, x]` becomes model input with `array.transpose(2, 1, 0)`. This is also the layout RadFM's ViT was
 trained on (nibabel arrays, slices last), so its patch (32, 32, 4) keeps 4 slices per patch.
 
-Presets live in `config/presets.yaml` under `presets:`; `config_from_preset(mapping, **overrides)` turns one
+Presets live in `config/config.yaml` under `presets:`; `config_from_preset(mapping, **overrides)` turns one
 preset mapping into a config.
 """
 from __future__ import annotations
@@ -264,10 +264,10 @@ def config_from_preset(mapping: dict[str, Any], **overrides) -> Reg2RGConfig:
 
 
 def load_preset(name: str, path=None, **overrides) -> Reg2RGConfig:
-    """Read `presets.<name>` from a YAML file (default: the repository's config/presets.yaml)."""
+    """Read `presets.<name>` from a YAML file (default: the repository's config/config.yaml)."""
     import yaml
 
-    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "config" / "presets.yaml"
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "config" / "config.yaml"
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
