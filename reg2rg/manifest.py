@@ -64,7 +64,7 @@ def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir:
         blocking = [p for p in report["problems"] if PROBLEM_UNKNOWN_REGION in p]
         if blocking:
             reasons.append("report: " + "; ".join(blocking))
-        row["notes"] = [f"report: {p}" for p in report["problems"] if p not in blocking]
+        row["notes"] += [f"report: {p}" for p in report["problems"] if p not in blocking]
     row["regions_usable"] = [r for r, s, t in zip(REGIONS, row["region_status"], row["region_texts"])
                              if s == "present" and t]
     if not reasons and not row["regions_usable"]:

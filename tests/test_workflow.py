@@ -1,0 +1,124 @@
+"""The workflow as a user runs it: `snakemake` in a copy of the repository's workflow, on demo data with
+bad inputs mixed in, and the no-leak rule for DICOM patient identifiers."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from reg2rg import demo
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def _workflow_copy(tmp_path: Path, cases: int, seed: int) -> Path:
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    cfg = {"datasets": {"demo": {"generate": {"cases": cases, "seed": seed, "test_fraction": 0.25,
+                                              "shape": [112, 96, 32]}}}}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def _snakemake(workdir: Path, *targets: str, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(SNAKEMAKE), *targets, "--cores", "2", "--configfile", "small.yaml"],
+                          cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_demo_manifest_accounts_for_every_scan_with_bad_inputs(tmp_path):
+    wd = _workflow_copy(tmp_path, cases=6, seed=5)
+    _snakemake(wd, "results/demo/raw")
+    raw = wd / "results/demo/raw"
+    summary = pd.read_json(raw / "demo_summary.json", typ="series")
+    train, valid = summary["splits"]["train"], summary["splits"]["valid"]
+    truncated, unknown_region, no_masks, wrong_grid = train[0], train[1], train[2], valid[0]
+
+    # A truncated volume.
+    vol = next((raw / "train_preprocessed").rglob(f"{truncated}.nii.gz"))
+    vol.write_bytes(vol.read_bytes()[: vol.stat().st_size // 2])
+    # A report row naming a region that does not exist.
+    csv = raw / "train_region_report.csv"
+    csv.write_text(csv.read_text() + f"{unknown_region}.nii.gz,spleen,The spleen is normal.\n")
+    # Every mask file of a scan missing.
+    shutil.rmtree(raw / "train_region_mask" / f"seg_{no_masks}")
+    # One mask on another grid, far outside the volume: recorded, the scan still goes on.
+    import SimpleITK as sitk
+
+    heart = raw / "valid_region_mask" / f"seg_{wrong_grid}" / "heart.nii.gz"
+    img = sitk.ReadImage(str(heart))
+    img.SetOrigin([o + 5000.0 for o in img.GetOrigin()])
+    sitk.WriteImage(img, str(heart))
+
+    _snakemake(wd, "results/demo/manifest/train.parquet", "results/demo/manifest/test.parquet")
+    m = pd.concat([pd.read_parquet(wd / f"results/demo/manifest/{s}.parquet") for s in ("train", "test")])
+    m = m.set_index("case_id")
+    assert sorted(m.index) == sorted(train + valid)  # every input scan appears
+    assert m.loc[truncated, "status"] == "excluded" and "truncated" in m.loc[truncated, "reason"]
+    assert vol.name in m.loc[truncated, "reason"]  # the error names the file
+    assert m.loc[unknown_region, "status"] == "excluded" and "unknown region 'spleen'" in m.loc[unknown_region, "reason"]
+    assert m.loc[no_masks, "status"] == "excluded" and "mask" in m.loc[no_masks, "reason"]
+    assert m.loc[wrong_grid, "status"] == "included"
+    assert list(m.loc[wrong_grid, "region_status"])[4] == "outside"  # heart
+    assert any("heart" in n for n in m.loc[wrong_grid, "notes"])
+    others = m.drop(index=[truncated, unknown_region, no_masks])
+    assert (others.status == "included").all()
+    # The included scans carry geometry, region texts and labels.
+    ok = m.loc[train[3]]
+    assert list(ok["spacing"]) == [1.0, 1.0, 3.0] and ok["labels"] is not None and len(ok["labels"]) == 18
+    assert sum(t is not None for t in ok["region_texts"]) >= 5
+
+
+def test_radgenome_without_root_says_which_key_to_set(tmp_path):
+    wd = _workflow_copy(tmp_path, cases=4, seed=0)
+    proc = _snakemake(wd, "-n", "results/radgenome/manifest/train.parquet", check=False)
+    assert proc.returncode != 0
+    assert "set datasets.radgenome.root in config/config.yaml" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([str(SNAKEMAKE), "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr, proc.stdout
+
+
+def _all_bytes(root: Path) -> bytes:
+    """Every file under root, with .gz files also decompressed."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            out.append(data)
+            if p.name.endswith(".gz"):
+                out.append(gzip.decompress(data))
+    return b"\n".join(out)
+
+
+def test_demo_dicom_patient_identifiers_reach_no_output(tmp_path):
+    src, out = tmp_path / "ctrg", tmp_path / "out"
+    summary = demo.make_demo_dataset("ctrg", src, cases=2, seed=7, shape=[96, 80, 24])
+    secrets = [str(v) for v in summary["patient_names"] + summary["patient_ids"] + summary["accession_numbers"]]
+    secrets += [s.replace("^", " ") for s in secrets if "^" in s]
+    assert secrets and all(len(s) >= 4 for s in secrets)
+    first = sorted((src / "images").iterdir())[0]
+    assert any(s.encode() in (first / "IM0001.dcm").read_bytes() for s in secrets)  # they are in the input
+    logs = []
+    for series in sorted((src / "images").iterdir()):
+        proc = subprocess.run([sys.executable, "-m", "reg2rg", "-v", "ingest", str(series),
+                               str(out / f"{series.name}.nii.gz")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        logs.append(proc.stdout + proc.stderr)
+    blob = _all_bytes(out) + "\n".join(logs).encode()
+    assert len(list(out.glob("*.nii.gz"))) == 2
+    for s in secrets:
+        assert s.encode() not in blob, f"patient identifier {s!r} leaked into an output or log"
