@@ -1,0 +1,23 @@
+# Two entry points: `make demo` (install, then the demo workflow) and `make test` (install, then the tests).
+# TORCH picks the PyTorch build: the default is the CPU wheel; on a GPU machine use e.g. TORCH=torch.
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PIP = $(VENV)/bin/pip
+
+.PHONY: install demo test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q '$(TORCH)'
+	$(PIP) install -q -e '.[dev]'
+	# DeepSpeed compiles against the installed torch, so it must see it (no build isolation).
+	$(PIP) install -q --no-build-isolation 'deepspeed>=0.15'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/snakemake --cores 2
+
+test: install
+	$(VENV)/bin/pytest
