@@ -74,6 +74,7 @@ def _add_evaluate(sub):
     p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
     p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
     p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    p.add_argument("--meta", help="JSON object or file: dataset, model_preset, decoding, config_digest")
     p.set_defaults(run=_call("reg2rg.evaluate:cli"))
 
 
