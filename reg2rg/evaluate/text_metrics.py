@@ -309,16 +309,20 @@ def _mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
 
 def reg2rg_scores(predictions: Sequence[str], references: Sequence[str], wordnet=None) -> dict[str, np.ndarray]:
     """Per-pair scores of the reg2rg protocol: arrays keyed by metric (no 'meteor' without WordNet)."""
+    from tqdm import tqdm
+
     n = len(predictions)
     out: dict[str, list[float]] = {k: [] for k in REG2RG_METRICS if k not in ("meteor", "cider")}
-    for p, r in zip(predictions, references, strict=True):
+    pairs = list(zip(predictions, references, strict=True))
+    for p, r in tqdm(pairs, desc="BLEU/ROUGE", unit="pair", disable=None, leave=False):
         for order in range(1, 5):
             out[f"bleu_{order}"].append(bleu_13a([p], [r], max_order=order, smooth=True).bleu)
         for k, v in rouge_scores(p, r).items():
             out[k].append(v)
     arrays = {k: np.asarray(v, dtype=float) for k, v in out.items()}
     if wordnet is not None:
-        arrays["meteor"] = np.asarray([meteor_nltk(p, r, wordnet) for p, r in zip(predictions, references)],
+        arrays["meteor"] = np.asarray([meteor_nltk(p, r, wordnet) for p, r in
+                                       tqdm(pairs, desc="METEOR", unit="pair", disable=None, leave=False)],
                                       dtype=float)
     arrays["cider"] = cider_scores(predictions, references)[1] if n else np.zeros(0)
     return arrays
