@@ -17,9 +17,9 @@ import argparse
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -179,10 +179,6 @@ class Rule:
 def _rx(*alternatives: str) -> re.Pattern:
     return re.compile("|".join(f"(?:{a})" for a in alternatives))
 
-
-_LUNG_CONTEXT_VETO = r"\b(?:thyroid|liver|hepatic|adrenal|kidney|renal|spleen|splenic|pancrea\w*|breast|" \
-                     r"lymph|gland|lobe of the liver|bone|osseous|vertebra\w*|rib|skin|subcutaneous|axilla\w*|" \
-                     r"pleura\w*|goiter|parotid|uterus|ovar\w*|prostat\w*)\b"
 
 _NOT_LUNG_OPACITY = (r"\b(?:bone|osseous|vertebra\w*|corpus|liver|hepatic|spleen|splenic|kidney|renal|adrenal|"
                      r"thyroid|breast|subcutaneous|soft tissue|fat|fatty|calculus|calculi|stone|sludge|"
