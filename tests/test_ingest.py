@@ -25,10 +25,7 @@ from reg2rg.ingest import (
     to_canonical,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REG2RG_TEST_DATA", REPO.parent / "shared" / "data"))
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import REPO, SHARED_DATA as DATA
 CIP = DATA / "cip-ct64"
 CIP_DICOM = CIP / "ct-64Dicom"
 CIP_NRRD = CIP / "ct-64.nrrd"

@@ -19,9 +19,7 @@ from reg2rg.masks import (
     unpack_label_map,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA
 TS = DATA / "totalseg-chest-crop"
 CIP = DATA / "cip-ct64"
 
