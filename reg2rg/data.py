@@ -1,0 +1,649 @@
+"""Model-ready inputs: the Reg2RG transforms as pure functions, the training/test Dataset over the `cache`
+stage's files, and the visual collate.
+
+Conventions
+- Arrays are `[z, y, x]` (SimpleITK order); every size argument is written `(x, y, z)` like the model config
+  and docs/formats.md (paper: (256, 256, 64), i.e. tensors `[64, 256, 256]`). Outputs are float32 torch
+  tensors `[1, Z, Y, X]` (channel first), stacked per sample to `[R, 1, Z, Y, X]`.
+- Resizing is AREA interpolation: every output voxel is the mean of the input voxels of its window
+  `[floor(i * n / m), ceil((i + 1) * n / m))` on each axis, i.e. exactly `F.interpolate(mode="area")`
+  (adaptive average pooling), which is what the authors' MONAI `Resize` did (its default mode). Here it is
+  computed as three separable passes of small banded matrix products (`_resize_block`), several times faster
+  than torch's single-threaded adaptive pooling; for a block that is zero outside a box (a region mask) only
+  the box and the outputs it touches are computed. Same numbers to float32 rounding.
+- HU are resized first, then clamped to [HU_MIN, HU_MAX] and scaled (x - HU_CENTER) / HU_SCALE, in the
+  authors' order (clamping first would change every window that holds bone or air beyond the window).
+
+The method's inputs (DESIGN.md), and the frame each lives in:
+- global: the volume cropped to the body (bounding box of voxels > -1000 HU), resized.
+- texture (LFD): the volume times the region mask, -1024 HU outside it, cropped to the bounding box of the
+  masked volume's voxels > -1000 HU (the authors' CropForeground on the masked volume: the region's voxels
+  inside the body), resized.
+- geometry (LFD): the region mask in the global input's frame (the body crop: the authors cropped the masks
+  with the image's box), not cropped to the region, resized; values are the fraction of each output window
+  inside the mask, in [0, 1].
+- LFD off (ablation): the masked volume (-1024 outside the mask) in the global frame, resized.
+
+Global and geometry inputs are exact window sums divided by window volumes; the `cache` stage stores those
+integer sums for the model input size, so the loader only scales them (see `global_from_sums`,
+`geometry_from_counts`); textures are resized from the cached native-resolution CT at load time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from reg2rg.constants import HU_CENTER, HU_MAX, HU_MIN, HU_SCALE, OUTSIDE_HU, REGIONS
+
+log = logging.getLogger(__name__)
+
+Box = tuple[slice, slice, slice]
+
+# The paper's model input size (x, y, z).
+PAPER_INPUT_SIZE = (256, 256, 64)
+
+# Output rows per banded block in the separable area passes.
+_CHUNK = 32
+
+# Normalised values of HU_MIN and HU_MAX.
+_UNIT_LO = (HU_MIN - HU_CENTER) / HU_SCALE
+_UNIT_HI = (HU_MAX - HU_CENTER) / HU_SCALE
+
+
+def _empty(shape) -> torch.Tensor:
+    """An uninitialised float32 tensor in numpy-allocated memory: numpy asks the kernel for huge pages on
+    large arrays, which makes first writes to a fresh 16 MB input several times cheaper than torch.empty."""
+    return torch.from_numpy(np.empty(shape, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sizes, boxes, normalisation
+# --------------------------------------------------------------------------------------------------------------
+
+def size_zyx(size: Sequence[int]) -> tuple[int, int, int]:
+    """(x, y, z) -> (z, y, x), validated."""
+    try:
+        out = tuple(int(v) for v in size)
+    except TypeError as err:
+        raise ValueError(f"size: expected three integers (x, y, z), got {size!r}") from err
+    if len(out) != 3 or min(out) <= 0:
+        raise ValueError(f"size: expected three positive integers (x, y, z), got {size!r}")
+    return out[2], out[1], out[0]
+
+
+def normalize_hu(arr):
+    """Clamp HU to [HU_MIN, HU_MAX] = [-1000, 200] and scale (x - HU_CENTER) / HU_SCALE = (x + 400) / 600:
+    -1000 -> -1, 200 -> 1. numpy in, float32 numpy out; torch in, float32 torch out (a new tensor)."""
+    if isinstance(arr, torch.Tensor):
+        return arr.to(torch.float32).clamp(HU_MIN, HU_MAX).sub_(HU_CENTER).div_(HU_SCALE)
+    a = np.clip(np.asarray(arr, dtype=np.float32), HU_MIN, HU_MAX)
+    return ((a - np.float32(HU_CENTER)) / np.float32(HU_SCALE)).astype(np.float32, copy=False)
+
+
+def bbox(mask) -> Box | None:
+    """Bounding box (slices, array order) of the true voxels of a 3-D array; None when there is none."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 3:
+        raise ValueError(f"bbox: expected a 3-D array, got shape {m.shape}")
+    out = []
+    for axis in range(3):
+        nz = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
+        if nz.size == 0:
+            return None
+        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(out)
+
+
+def box_start_size(box: Box) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(start, size) of a box, array order."""
+    return tuple(s.start for s in box), tuple(s.stop - s.start for s in box)
+
+
+def body_box(ct) -> Box:
+    """The body crop: bounding box of voxels above HU_MIN (-1000 HU). ValueError if the volume has none."""
+    box = bbox(np.asarray(ct) > HU_MIN)
+    if box is None:
+        raise ValueError(f"body_box: no voxel above {HU_MIN:g} HU (an empty or all-air volume)")
+    return box
+
+
+def region_box(ct, mask) -> Box | None:
+    """The texture crop of a region: bounding box of the mask's voxels above HU_MIN (None when there is none)."""
+    return bbox(np.asarray(mask, dtype=bool) & (np.asarray(ct) > HU_MIN))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Area resizing (exact adaptive average pooling, separable, banded)
+# --------------------------------------------------------------------------------------------------------------
+
+def _windows(frame: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(n_out, dtype=np.int64)
+    return (i * frame) // n_out, ((i + 1) * frame + n_out - 1) // n_out
+
+
+def _touched(frame: int, n_out: int, offset: int, n_in: int) -> tuple[int, int]:
+    """The outputs [lo, hi) whose windows intersect the input range [offset, offset + n_in) of the frame."""
+    s, e = _windows(frame, n_out)
+    lo = int(np.searchsorted(e, offset, side="right"))
+    hi = int(np.searchsorted(s, offset + n_in, side="left"))
+    return lo, hi
+
+
+def _window_lengths(frame: Sequence[int], size_zyx: Sequence[int], start=(0, 0, 0)) -> list[np.ndarray]:
+    """Per axis, the window lengths of the outputs from `start` on (int64)."""
+    out = []
+    for a in range(3):
+        s, e = _windows(frame[a], size_zyx[a])
+        out.append((e - s)[start[a]:])
+    return out
+
+
+def _area_axis(x: torch.Tensor, axis: int, frame: int, n_out: int, offset: int, lo: int, hi: int,
+               out: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """One separable area pass along `axis`: `x` covers [offset, offset + n) of a frame of length `frame`
+    (zero elsewhere); returns outputs lo..hi-1 of the n_out-long area resize of the frame, times `scale`
+    (written into `out` when given: a contiguous tensor of the result's shape)."""
+    n_in = x.shape[axis]
+    s, e = _windows(frame, n_out)
+    s, e = s[lo:hi], e[lo:hi]
+    inv = scale / (e - s)
+    sc, ec = np.clip(s - offset, 0, n_in), np.clip(e - offset, 0, n_in)
+    m = hi - lo
+    shape = list(x.shape)
+    shape[axis] = m
+    if out is None:
+        out = _empty(shape) if x.dtype == torch.float32 else torch.empty(shape, dtype=x.dtype)
+    # One product when the input axis is short; otherwise banded blocks of _CHUNK outputs (each window spans
+    # a few inputs, so a dense product would mostly multiply zeros).
+    blocks = [(0, m)] if n_in <= 2 * _CHUNK else [(r, min(m, r + _CHUNK)) for r in range(0, m, _CHUNK)]
+    for r0, r1 in blocks:
+        c0, c1 = int(sc[r0:r1].min()), int(ec[r0:r1].max())
+        dst = out.narrow(axis, r0, r1 - r0)
+        if c1 <= c0:
+            dst.zero_()
+            continue
+        j = np.arange(c0, c1)
+        w = ((j[None, :] >= sc[r0:r1, None]) & (j[None, :] < ec[r0:r1, None])) * inv[r0:r1, None]
+        w = torch.from_numpy(w).to(x.dtype)
+        xs = x.narrow(axis, c0, c1 - c0)
+        if axis == 0:
+            torch.matmul(w, xs.reshape(c1 - c0, -1), out=dst.view(r1 - r0, -1))
+        elif len(blocks) > 1:
+            dst.copy_(torch.matmul(w, xs) if axis == 1 else torch.matmul(xs, w.T))
+        elif axis == 1:
+            torch.matmul(w, xs, out=dst)
+        else:
+            torch.matmul(xs, w.T, out=dst)
+    return out
+
+
+def _resize_block(x: torch.Tensor, frame: Sequence[int], start: Sequence[int], size: Sequence[int],
+                  out: torch.Tensor | None = None, scale: float = 1.0):
+    """Area-resize a frame of shape `frame` ([z, y, x]) that equals the float block `x` at `start` and is zero
+    elsewhere, to `size` ([z, y, x]), times `scale` (folded into the first pass). Returns (block, out_start):
+    the outputs that the block touches (all other outputs are 0) and where they start. With start (0, 0, 0)
+    and x.shape == frame it is a plain resize. `out`: where to write the block (contiguous, its shape)."""
+    ranges = [_touched(frame[a], size[a], start[a], x.shape[a]) for a in range(3)]
+    if any(hi <= lo for lo, hi in ranges):
+        return x.new_zeros((0, 0, 0)), (0, 0, 0)
+    passes = [a for a in range(3) if not (start[a] == 0 and x.shape[a] == frame[a] == size[a])]
+    # Shrinking axes first, growing ones last: the intermediate arrays stay small.
+    passes.sort(key=lambda a: (ranges[a][1] - ranges[a][0]) / x.shape[a])
+    for k, a in enumerate(passes):
+        x = _area_axis(x, a, frame[a], size[a], start[a], *ranges[a], out=out if k == len(passes) - 1 else None,
+                       scale=scale if k == 0 else 1.0)
+    if not passes:
+        x = x * scale if out is None else torch.mul(x, scale, out=out)
+    return x, tuple(lo for lo, _ in ranges)
+
+
+def _as_float(arr, copy: bool = False, dtype=torch.float32) -> torch.Tensor:
+    """Contiguous float tensor of `arr`; copy=True guarantees it shares no memory with `arr`."""
+    if isinstance(arr, torch.Tensor):
+        t = arr.to(dtype).contiguous()
+        return t.clone() if copy and t.data_ptr() == arr.data_ptr() else t
+    a = np.asarray(arr)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    if a.dtype == np_dtype and not copy:
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(a.astype(np_dtype, order="C"))
+
+
+def resize_area(arr, size) -> torch.Tensor:
+    """Area-resize a [z, y, x] array to `size` (x, y, z): float32 tensor [Z, Y, X], equal to
+    `F.interpolate(t[None, None].float(), size=(Z, Y, X), mode="area")[0, 0]` to float32 rounding."""
+    x = _as_float(arr)
+    if x.ndim != 3:
+        raise ValueError(f"resize_area: expected a 3-D [z, y, x] array, got shape {tuple(x.shape)}")
+    size = size_zyx(size)
+    return _resize_block(x, x.shape, (0, 0, 0), size, out=torch.empty(size, dtype=torch.float32))[0]
+
+
+def window_sums(arr, frame: Sequence[int], start: Sequence[int], size_zyx: Sequence[int]):
+    """Exact integer sums over the area windows of an integer block `arr` placed at `start` in a zero frame
+    of shape `frame` ([z, y, x]), for output size `size_zyx`: (int64 array of the touched outputs, out_start).
+    The area resize is these sums divided by the window volumes (`_window_lengths`)."""
+    block, out_start = _resize_block(_as_float(arr, dtype=torch.float64), frame, start, size_zyx)
+    if not block.numel():
+        return np.zeros((0, 0, 0), dtype=np.int64), out_start
+    lz, ly, lx = (v[o:o + n] for v, o, n in zip(_window_lengths(frame, size_zyx), out_start, block.shape))
+    vol = lz[:, None, None] * ly[None, :, None] * lx[None, None, :]
+    return np.rint(block.numpy() * vol).astype(np.int64), out_start
+
+
+def _divide_by_volume_(block: torch.Tensor, frame, size_zyx, out_start) -> torch.Tensor:
+    """block /= window volume, in place, for the outputs [out_start, out_start + block.shape). Divided by the
+    in-plane area, then by the length in z (both exact integers in float32), so that a full window gives
+    exactly 1 and a clamped sum exactly its bound."""
+    lz, ly, lx = (v[o:o + n].astype(np.float32) for v, o, n in zip(_window_lengths(frame, size_zyx), out_start, block.shape))
+    return block.div_(torch.from_numpy(ly[:, None] * lx[None, :])).div_(torch.from_numpy(lz).view(-1, 1, 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The method's transforms (pure functions of arrays)
+# --------------------------------------------------------------------------------------------------------------
+
+def _hu_to_unit(x: torch.Tensor, size_zyx, out: torch.Tensor) -> torch.Tensor:
+    """Area-resize HU `x` (float32, modified) and normalise into `out` ([Z, Y, X]). The scaling
+    (x - HU_CENTER) / HU_SCALE commutes with area resizing (its weights sum to 1), so it is applied to the
+    smaller of input and output; the clamp (HU_MIN, HU_MAX -> -1, 1) comes after the resize, in the authors'
+    order."""
+    if x.numel() <= out.numel():
+        _resize_block(x.sub_(HU_CENTER), x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE)
+        return out.clamp_(_UNIT_LO, _UNIT_HI)
+    _resize_block(x, x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE)
+    return out.sub_(HU_CENTER / HU_SCALE).clamp_(_UNIT_LO, _UNIT_HI)
+
+
+def global_input(ct, size) -> torch.Tensor:
+    """Global input: the volume ([z, y, x], HU) cropped to the body box, area-resized to `size` (x, y, z),
+    normalised. float32 [1, Z, Y, X]."""
+    ct = np.asarray(ct)
+    size = size_zyx(size)
+    out = torch.empty((1,) + size, dtype=torch.float32)
+    _hu_to_unit(_as_float(ct[body_box(ct)], copy=True), size, out[0])
+    return out
+
+
+def global_sums(ct_body, size) -> np.ndarray:
+    """What the cache stores for the global input: the exact HU sums over the area windows of the body crop
+    `ct_body`, clamped to [HU_MIN, HU_MAX] x the window volume (int64 [Z, Y, X]; `size` is (x, y, z))."""
+    ct_body = np.asarray(ct_body)
+    size = size_zyx(size)
+    sums, _ = window_sums(ct_body, ct_body.shape, (0, 0, 0), size)
+    lz, ly, lx = _window_lengths(ct_body.shape, size)
+    vol = lz[:, None, None] * ly[None, :, None] * lx[None, None, :]
+    return np.clip(sums, int(HU_MIN) * vol, int(HU_MAX) * vol)
+
+
+def global_from_sums(sums, frame: Sequence[int], size_zyx, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The global input [Z, Y, X] from `global_sums` of a body crop of shape `frame` ([z, y, x])."""
+    sums = torch.from_numpy(np.asarray(sums))
+    if out is None:
+        out = torch.empty(tuple(size_zyx), dtype=torch.float32)
+    out.copy_(sums)  # exact: |sums| < 2**24
+    # the sums are clamped already: (sum / volume - HU_CENTER) / HU_SCALE
+    return _divide_by_volume_(out, frame, size_zyx, (0, 0, 0)).sub_(HU_CENTER).div_(HU_SCALE)
+
+
+def masked_crop(ct, mask, bbox: Box) -> np.ndarray:
+    """The volume inside `bbox` where the mask is set, OUTSIDE_HU (-1024) elsewhere (ct's dtype)."""
+    ct, mask = np.asarray(ct), np.asarray(mask, dtype=bool)
+    return np.where(mask[bbox], ct[bbox], np.asarray(OUTSIDE_HU, dtype=ct.dtype))
+
+
+def _texture_into(ct_crop, mask_crop, size_zyx, out: torch.Tensor) -> torch.Tensor:
+    ct_crop = np.asarray(ct_crop)
+    masked = np.where(np.asarray(mask_crop, dtype=bool), ct_crop, np.asarray(OUTSIDE_HU, dtype=ct_crop.dtype))
+    return _hu_to_unit(torch.from_numpy(masked.astype(np.float32)), size_zyx, out)
+
+
+def region_texture_input(ct, mask, bbox: Box | None, size) -> torch.Tensor:
+    """Texture input of one region: the volume times the mask with OUTSIDE_HU (-1024) outside it, cropped to
+    `bbox` (slices into ct's frame; None: `region_box(ct, mask)`, the authors' crop), area-resized to `size`
+    (x, y, z), normalised. float32 [1, Z, Y, X]. ValueError when the region has no voxel to crop to."""
+    ct, mask = np.asarray(ct), np.asarray(mask, dtype=bool)
+    if ct.shape != mask.shape:
+        raise ValueError(f"region_texture_input: volume {ct.shape} and mask {mask.shape} differ in shape")
+    if bbox is None:
+        bbox = region_box(ct, mask)
+        if bbox is None:
+            raise ValueError(f"region_texture_input: the mask has no voxel above {HU_MIN:g} HU")
+    size = size_zyx(size)
+    out = torch.empty((1,) + size, dtype=torch.float32)
+    _texture_into(ct[bbox], mask[bbox], size, out[0])
+    return out
+
+
+def _write_block(dst: torch.Tensor, block: torch.Tensor, start, zeroed: bool = False) -> torch.Tensor:
+    """Write `block` into `dst` at `start` and zero the rest of `dst` (each element written once), unless
+    `zeroed` says that dst is zero already (fresh calloc'd memory: its untouched pages then stay unmapped)."""
+    z, y, x = start
+    dz, dy, dx = block.shape
+    if zeroed:
+        if block.numel():
+            dst[z:z + dz, y:y + dy, x:x + dx] = block
+        return dst
+    if not block.numel():
+        return dst.zero_()
+    dst[:z].zero_()
+    dst[z + dz:].zero_()
+    mid = dst[z:z + dz]
+    mid[:, :y].zero_()
+    mid[:, y + dy:].zero_()
+    mid[:, y:y + dy, :x].zero_()
+    mid[:, y:y + dy, x + dx:].zero_()
+    mid[:, y:y + dy, x:x + dx] = block
+    return dst
+
+
+def region_geometry_input(mask, size) -> torch.Tensor:
+    """Geometry input of one region: the mask ([z, y, x], in the global input's frame, i.e. the body crop),
+    not cropped to the region, area-resized to `size` (x, y, z): the fraction of each output window inside
+    the region. float32 [1, Z, Y, X] in [0, 1]; all zeros for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    size = size_zyx(size)
+    out = torch.zeros((1,) + size, dtype=torch.float32)
+    box = bbox(mask)
+    if box is not None:
+        start, _ = box_start_size(box)
+        block, out_start = _resize_block(_as_float(mask[box]), mask.shape, start, size)
+        _write_block(out[0], block, out_start)
+    return out
+
+
+def geometry_counts(mask_box, frame: Sequence[int], start: Sequence[int], size) -> tuple[np.ndarray, tuple]:
+    """What the cache stores for a geometry input: the exact count of mask voxels in each area window that the
+    mask's box touches (int64), and where those outputs start. `mask_box` is the mask inside its box,
+    placed at `start` in a frame of shape `frame` ([z, y, x]); `size` is (x, y, z)."""
+    return window_sums(np.asarray(mask_box, dtype=np.uint8), frame, start, size_zyx(size))
+
+
+def geometry_from_counts(counts, out_start, frame: Sequence[int], size_zyx,
+                         out: torch.Tensor | None = None, zeroed: bool = False) -> torch.Tensor:
+    """The geometry input [Z, Y, X] from `geometry_counts` (counts / window volume, zero elsewhere).
+    zeroed=True: `out` is known to be zero, only the counts' block is written."""
+    if out is None:
+        out, zeroed = torch.from_numpy(np.zeros(tuple(size_zyx), dtype=np.float32)), True
+    counts = np.asarray(counts)
+    if not counts.size:
+        return out if zeroed else out.zero_()
+    block = _divide_by_volume_(torch.from_numpy(counts.astype(np.float32)), frame, size_zyx, out_start)
+    return _write_block(out, block, out_start, zeroed=zeroed)
+
+
+def _lfd_off_into(ct_box, mask_box, frame, start, size_zyx, out: torch.Tensor) -> torch.Tensor:
+    # area(where(m, ct, -1024)) = -1024 + area(where(m, ct + 1024, 0)): only the mask's box is resized.
+    outside = torch.from_numpy(~np.asarray(mask_box, dtype=bool))
+    x = _as_float(ct_box, copy=True).sub_(float(OUTSIDE_HU)).masked_fill_(outside, 0.0)
+    block, out_start = _resize_block(x, frame, start, size_zyx)
+    _write_block(out, block, out_start)
+    return out.add_(float(OUTSIDE_HU) - HU_CENTER).div_(HU_SCALE).clamp_(_UNIT_LO, _UNIT_HI)
+
+
+def region_lfd_off_input(ct, mask, size) -> torch.Tensor:
+    """LFD-off ablation input: the volume times the mask with OUTSIDE_HU outside it, NOT cropped to the
+    region (ct and mask in the global input's frame), area-resized to `size` (x, y, z), normalised.
+    float32 [1, Z, Y, X]."""
+    ct, mask = np.asarray(ct), np.asarray(mask, dtype=bool)
+    if ct.shape != mask.shape:
+        raise ValueError(f"region_lfd_off_input: volume {ct.shape} and mask {mask.shape} differ in shape")
+    size = size_zyx(size)
+    out = torch.empty((1,) + size, dtype=torch.float32)
+    box = bbox(mask)
+    if box is None:
+        return out.fill_(float(normalize_hu(np.float32(OUTSIDE_HU))))
+    start, _ = box_start_size(box)
+    _lfd_off_into(ct[box], mask[box], ct.shape, start, size, out[0])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset and collate
+# --------------------------------------------------------------------------------------------------------------
+
+def _text_or_none(t):
+    if t is None:
+        return None
+    if isinstance(t, float) and t != t:
+        return None
+    t = str(t)
+    return t if t.strip() else None
+
+
+class Reg2RGDataset(torch.utils.data.Dataset):
+    """One item per included scan of a manifest, read from the `cache` stage's files in `cache_dir`.
+
+    Item (dict):
+        case_id       str
+        global        float32 [1, Z, Y, X]   the global input
+        regions       list[int]               0-based indices into REGIONS of the regions used, ascending
+                                              (random order when shuffle_regions)
+        texture       float32 [R, 1, Z, Y, X] texture inputs (lfd=False: the LFD-off masked volumes instead)
+        geometry      float32 [R, 1, Z, Y, X] geometry inputs
+        region_texts  list[str | None]        the region reports, aligned with `regions`
+        report        str | None              the whole report
+    with (Z, Y, X) = input_size (x, y, z) reversed. The cache must have been built for this input size.
+
+    Regions used: with text=True (training) those with a non-empty text, a mask present in the manifest and at
+    least one mask voxel above -1000 HU in the cache; with text=False (test) every region with such a mask.
+    A scan left with no region is left out and listed in `self.skipped` (case_id, reason) with a warning, as
+    is an included scan whose cache files are missing.
+
+    shuffle_regions: permute the regions of each item at random (torch's RNG, so DataLoader workers differ);
+    the RRA target's region order must then follow `regions` (the prompt builder does that).
+    """
+
+    def __init__(self, manifest_df, cache_dir, input_size, split: str | None = None, text: bool = True,
+                 lfd: bool = True, shuffle_regions: bool = False):
+        from reg2rg.errors import InputError
+
+        self.cache_dir = Path(cache_dir)
+        self.size = size_zyx(input_size)
+        self.input_size = tuple(int(v) for v in input_size)
+        self.text, self.lfd, self.shuffle_regions = bool(text), bool(lfd), bool(shuffle_regions)
+        df = manifest_df
+        if split is not None:
+            df = df[df["split"] == split]
+        df = df[df["status"] == "included"]
+        self.samples: list[dict] = []
+        self.skipped: list[tuple[str, str]] = []
+        for row in df.to_dict("records"):
+            case = row["case_id"]
+            meta_path = self.cache_dir / f"{case}.json"
+            if not meta_path.is_file():
+                self.skipped.append((case, f"{meta_path}: cache metadata not found (run the cache stage)"))
+                continue
+            meta = json.loads(meta_path.read_text())
+            if tuple(meta.get("input_size") or ()) != self.input_size:
+                raise InputError(meta_path, f"cache built for input size {meta.get('input_size')} (x, y, z), the "
+                                            f"dataset asks for {list(self.input_size)}: rerun the cache stage "
+                                            "with the model's input size")
+            in_cache = {r["index"] for r in meta["regions"] if r["usable"]}
+            texts = [_text_or_none(t) for t in list(row["region_texts"])]
+            if self.text:
+                present = set(list(row["regions_usable"]))
+                regions = [i for i in range(len(REGIONS))
+                           if i in in_cache and texts[i] is not None and REGIONS[i] in present]
+            else:
+                regions = sorted(in_cache)
+            if not regions:
+                self.skipped.append((case, "no region with " + ("a text and " if self.text else "")
+                                     + "a non-empty mask inside the body"))
+                continue
+            self.samples.append({"case_id": case, "path": self.cache_dir / meta["file"], "regions": regions,
+                                 "texts": texts, "report": _text_or_none(row.get("report"))})
+        for case, reason in self.skipped:
+            log.warning("dataset: %s left out: %s", case, reason)
+        log.info("dataset%s: %d scans (%d left out), input size %s (x, y, z)",
+                 f" {split}" if split else "", len(self.samples), len(self.skipped), self.input_size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        from reg2rg.cache import read_cache
+
+        s = self.samples[index]
+        scan = read_cache(s["path"])
+        regions = list(s["regions"])
+        if self.shuffle_regions:
+            regions = [regions[i] for i in torch.randperm(len(regions)).tolist()]
+        return scan_inputs(scan, regions, lfd=self.lfd) | {
+            "case_id": s["case_id"],
+            "regions": regions,
+            "region_texts": [s["texts"][i] for i in regions],
+            "report": s["report"],
+        }
+
+
+def scan_inputs(scan, regions: Sequence[int], lfd: bool = True) -> dict:
+    """The visual inputs of one cached scan (reg2rg.cache.CachedScan) for the given region indices, at the
+    cache's input size: {"global": [1, Z, Y, X], "texture": [R, 1, Z, Y, X], "geometry": [R, 1, Z, Y, X]}
+    (float32). lfd=False puts the LFD-off inputs (masked volume, uncropped) in "texture"."""
+    size = size_zyx(scan.input_size)
+    frame = scan.frame_shape
+    glob = _empty((1,) + size)
+    texture = _empty((len(regions), 1) + size)
+    # calloc'd: the pages that no region's block touches are never written here
+    geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
+    global_from_sums(scan.global_sums, frame, size, out=glob[0])
+    for k, i in enumerate(regions):
+        box = scan.region_box(i)
+        if box is None or not scan.meta["regions"][i]["usable"]:
+            raise ValueError(f"{scan.path}: region {REGIONS[i]!r} has no mask voxel above {HU_MIN:g} HU in the body")
+        m = scan.region_mask(i)
+        if lfd:
+            crop = scan.region_crop(i)
+            rel = scan.region_crop(i, relative=True)
+            _texture_into(scan.ct_in(crop), m[rel], size, texture[k, 0])
+        else:
+            start, _ = box_start_size(box)
+            _lfd_off_into(scan.ct_in(box), m, frame, start, size, texture[k, 0])
+        counts, out_start = scan.geometry_counts(i)
+        geometry_from_counts(counts, out_start, frame, size, out=geometry[k, 0], zeroed=True)
+    return {"global": glob, "texture": texture, "geometry": geometry}
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along dim 0; inside a DataLoader worker straight into shared memory, as torch's default
+    collate does, so the batch is not copied once more on its way to the main process."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        first = tensors[0]
+        shape = (sum(t.shape[0] for t in tensors),) + tuple(first.shape[1:])
+        storage = first._typed_storage()._new_shared(int(np.prod(shape)), device=first.device)
+        out = first.new(storage).resize_(shape)
+    return torch.cat(tensors, out=out)
+
+
+def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | None = None,
+                   layout: str = "zyx") -> dict:
+    """Batch dataset items. The regions of all samples are concatenated (no padding of the visual side):
+        case_id        list[str]
+        global         float32 [B, 1, Z, Y, X]
+        texture        float32 [N, 1, Z, Y, X]   N = sum of region_counts, sample by sample
+        geometry       float32 [N, 1, Z, Y, X]
+        region_counts  int64 [B]
+        regions        int64 [N]   region indices (into REGIONS), in the same order
+        region_texts   list[list[str | None]]
+        report         list[str | None]
+    `tokenize(items) -> dict of tensors` (the prompt builder: input_ids, attention_mask, labels padded to the
+    longest sample of the batch, e.g. with `pad_to_longest`) is merged in; its keys must not clash.
+    layout="xyz" permutes the spatial axes to [..., X, Y, Z] for a model that reads that order."""
+    if not items:
+        raise ValueError("collate_visual: empty batch")
+    if layout not in ("zyx", "xyz"):
+        raise ValueError(f"collate_visual: layout must be 'zyx' or 'xyz', got {layout!r}")
+    out = {
+        "case_id": [it["case_id"] for it in items],
+        "global": _cat([it["global"][None] for it in items]),
+        "texture": _cat([it["texture"] for it in items]),
+        "geometry": _cat([it["geometry"] for it in items]),
+        "region_counts": torch.tensor([len(it["regions"]) for it in items], dtype=torch.long),
+        "regions": torch.tensor([r for it in items for r in it["regions"]], dtype=torch.long),
+        "region_texts": [list(it["region_texts"]) for it in items],
+        "report": [it["report"] for it in items],
+    }
+    if layout == "xyz":
+        for k in ("global", "texture", "geometry"):
+            out[k] = out[k].permute(0, 1, 4, 3, 2).contiguous()
+    if tokenize is not None:
+        extra = tokenize(items)
+        clash = set(extra) & set(out)
+        if clash:
+            raise ValueError(f"collate_visual: tokenize returned keys that clash with the visual batch: {sorted(clash)}")
+        out.update(extra)
+    return out
+
+
+def pad_to_longest(seqs: Sequence[Sequence[int] | torch.Tensor], pad_value: int,
+                   side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id sequences to the longest of the batch (never to a fixed 2048): (ids [B, L], mask [B, L])."""
+    if side not in ("right", "left"):
+        raise ValueError(f"pad_to_longest: side must be 'right' or 'left', got {side!r}")
+    tensors = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in seqs]
+    length = max((t.numel() for t in tensors), default=0)
+    ids = torch.full((len(tensors), length), int(pad_value), dtype=torch.long)
+    mask = torch.zeros((len(tensors), length), dtype=torch.long)
+    for i, t in enumerate(tensors):
+        n = t.numel()
+        sl = slice(0, n) if side == "right" else slice(length - n, length)
+        ids[i, sl] = t
+        mask[i, sl] = 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The authors' way, for checks and benchmarks
+# --------------------------------------------------------------------------------------------------------------
+
+def reference_inputs(volume_path, mask_paths: dict[str, str | Path], size) -> dict:
+    """The authors' data path, kept as a reference for tests and benchmarks (slow on purpose): read the volume
+    and one mask file per region with nibabel as float64, mask each region (-1024 outside), crop it to its
+    voxels > -1000 HU, resize with F.interpolate(mode="area") in float32 (MONAI's Resize), clamp and scale;
+    crop the volume and all masks to the volume's voxels > -1000 HU and resize them together.
+
+    Returns {"global": [1, Z, Y, X], "texture": {region: [1, Z, Y, X]}, "geometry": {region: [1, Z, Y, X]}}
+    in this module's [z, y, x] order (nibabel arrays are [x, y, z]); regions whose mask is empty are absent
+    from "texture" (the authors skipped them) but present in "geometry". `size` is (x, y, z)."""
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    zyx = size_zyx(size)
+
+    def crop_fg(a):
+        fg = (a > HU_MIN).any(axis=0)
+        idx = [np.flatnonzero(fg.any(axis=tuple(j for j in range(3) if j != d))) for d in range(3)]
+        return (slice(None),) + tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+
+    def resize(a):
+        t = torch.as_tensor(a, dtype=torch.float32)[None]
+        return F.interpolate(t, size=zyx, mode="area")[0]
+
+    img = nib.load(str(volume_path)).get_fdata().transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
+    texture, masks, names = {}, [], []
+    for name, path in mask_paths.items():
+        m = nib.load(str(path)).get_fdata().transpose(2, 1, 0)
+        masks.append(m)
+        names.append(name)
+        if np.sum(m) == 0:
+            continue
+        mi = img * m
+        mi[m == 0] = OUTSIDE_HU
+        mi = mi[None]
+        t = resize(mi[crop_fg(mi)])
+        texture[name] = (torch.clamp(t, HU_MIN, HU_MAX) - HU_CENTER) / HU_SCALE
+    box = crop_fg(img[None])
+    g = resize(img[None][box])
+    seg = resize(np.stack(masks)[box]) if masks else torch.zeros((0,) + zyx)
+    return {
+        "global": (torch.clamp(g, HU_MIN, HU_MAX) - HU_CENTER) / HU_SCALE,
+        "texture": texture,
+        "geometry": {n: seg[i:i + 1] for i, n in enumerate(names)},
+    }

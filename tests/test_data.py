@@ -1,0 +1,285 @@
+"""Model-ready transforms: normalisation, exact area resizing, the stored sums round trip, the dataset's region
+choice and the visual collate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from reg2rg.cache import cache_scan
+from reg2rg.constants import OUTSIDE_HU, REGIONS
+from reg2rg.data import (
+    Reg2RGDataset,
+    bbox,
+    body_box,
+    box_start_size,
+    collate_visual,
+    geometry_counts,
+    geometry_from_counts,
+    global_from_sums,
+    global_input,
+    global_sums,
+    normalize_hu,
+    pad_to_longest,
+    region_geometry_input,
+    region_lfd_off_input,
+    region_texture_input,
+    resize_area,
+    size_zyx,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+TS = DATA / "totalseg-chest-crop"
+
+MEDIASTINUM, BONE, THYROID, LUNG = (REGIONS.index(r) for r in ("mediastinum", "bone", "thyroid", "lung"))
+SIZE = (40, 36, 20)  # (x, y, z): downsamples the 120 x 126 x 164 scan, upsamples small region crops
+
+
+def _area(a, size) -> torch.Tensor:
+    """The reference: torch's own area interpolation in float64."""
+    t = torch.as_tensor(np.asarray(a), dtype=torch.float64)[None, None]
+    return F.interpolate(t, size=size_zyx(size), mode="area")[0, 0]
+
+
+def _unit(t):
+    return (torch.clamp(t, -1000, 200) + 400) / 600
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------------------------
+
+def test_normalize_hu_maps_the_window_to_unit_range():
+    hu = np.array([-3024, -1024, -1000, -400, 0, 200, 1500], dtype=np.int16)
+    out = normalize_hu(hu)
+    assert out.dtype == np.float32
+    assert out[2] == -1.0 and out[5] == 1.0 and out[3] == 0.0
+    assert out[0] == out[1] == -1.0 and out[6] == 1.0  # clamped
+    assert out[4] == pytest.approx(400 / 600)
+    t = normalize_hu(torch.tensor(hu))
+    assert t.dtype == torch.float32 and torch.equal(t, torch.from_numpy(out))
+
+
+@pytest.mark.parametrize("shape, size", [
+    ((20, 30, 40), (17, 33, 11)),      # x down, y up, z down
+    ((7, 5, 3), (64, 48, 16)),         # all up, non-integer ratios
+    ((100, 90, 31), (64, 64, 16)),     # all down
+    ((16, 64, 64), (64, 64, 16)),      # identity
+    ((70, 200, 9), (256, 130, 64)),    # long axis banded, short axis dense
+])
+def test_resize_area_equals_torch_area_interpolation(shape, size):
+    a = np.random.default_rng(0).normal(0, 300, shape).astype(np.float32)
+    out = resize_area(a, size)
+    assert out.shape == size_zyx(size) and out.dtype == torch.float32
+    assert torch.allclose(out.double(), _area(a, size), atol=2e-4, rtol=1e-6)
+
+
+def test_geometry_of_a_boxed_mask_equals_full_frame_resize():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((37, 90, 110), dtype=bool)
+    mask[5:20, 30:61, 12:50] = rng.random((15, 31, 38)) > 0.3
+    size = (48, 40, 24)
+    ref = _area(mask.astype(np.float64), size)
+    geo = region_geometry_input(mask, size)
+    assert geo.shape == (1,) + size_zyx(size)
+    assert torch.allclose(geo[0].double(), ref, atol=1e-6)
+    # the cache's integer counts give the same numbers
+    box = bbox(mask)
+    start, _ = box_start_size(box)
+    counts, out_start = geometry_counts(mask[box], mask.shape, start, size)
+    assert np.issubdtype(counts.dtype, np.integer)
+    assert torch.allclose(geometry_from_counts(counts, out_start, mask.shape, size_zyx(size)).double(), ref, atol=1e-6)
+    assert not region_geometry_input(np.zeros_like(mask), size).any()
+
+
+def test_global_sums_round_trip_equals_direct_global_input():
+    ct = np.full((30, 80, 90), -1024, dtype=np.int16)
+    ct[3:28, 10:70, 5:85] = np.random.default_rng(2).integers(-1010, 1800, (25, 60, 80))
+    for size in [(32, 40, 12), (128, 96, 40)]:
+        direct = global_input(ct, size)
+        body = ct[body_box(ct)]
+        ref = _unit(_area(body.astype(np.float64), size))
+        assert torch.allclose(direct[0].double(), ref, atol=1e-6)
+        sums = global_sums(body, size)
+        assert np.issubdtype(sums.dtype, np.integer)
+        assert torch.allclose(global_from_sums(sums, body.shape, size_zyx(size)).double(), ref, atol=1e-6)
+
+
+def test_texture_and_lfd_off_inputs_match_their_definitions():
+    rng = np.random.default_rng(3)
+    ct = rng.integers(-1100, 1500, (24, 50, 60)).astype(np.int16)
+    mask = np.zeros(ct.shape, dtype=bool)
+    mask[4:15, 10:30, 20:41] = True
+    mask[4:15, 10:30, 20] = False
+    ct[mask & (np.arange(60) >= 38)[None, None, :]] = -1010  # in-mask voxels below -1000 HU leave the crop
+    size = (32, 24, 16)
+    masked = np.where(mask, ct, OUTSIDE_HU).astype(np.float64)
+    crop = bbox(mask & (ct > -1000))
+    assert crop[2].stop < 41
+    tex = region_texture_input(ct, mask, None, size)
+    assert torch.allclose(tex[0].double(), _unit(_area(masked[crop], size)), atol=1e-6)
+    assert torch.equal(tex, region_texture_input(ct, mask, crop, size))
+    off = region_lfd_off_input(ct, mask, size)
+    assert torch.allclose(off[0].double(), _unit(_area(masked, size)), atol=1e-6)
+    with pytest.raises(ValueError, match="no voxel above"):
+        region_texture_input(ct, np.zeros_like(mask), None, size)
+
+
+def test_pad_to_longest_pads_to_the_batch_not_to_2048():
+    ids, mask = pad_to_longest([[5, 6, 7], [8]], pad_value=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_to_longest([torch.tensor([1, 2]), torch.tensor([3])], pad_value=9, side="left")
+    assert ids.tolist() == [[1, 2], [9, 3]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset and collate, on a cache of real files
+# --------------------------------------------------------------------------------------------------------------
+
+def _manifest_row(case, volume, mask, texts, usable, status="included", reason="", split="train"):
+    return {
+        "case_id": case, "split": split, "source_split": split, "status": status, "reason": reason,
+        "image": str(volume), "volume": str(volume), "mask": str(mask), "size": [120, 126, 164],
+        "spacing": [1.5, 1.5, 1.5], "origin": [0.0, 0.0, 0.0], "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+        "intensity_mode": "hu",
+        "region_status": ["present" if r in usable else "missing" for r in REGIONS],
+        "region_texts": texts, "regions_usable": [r for r in usable if texts[REGIONS.index(r)]],
+        "report": "whole report", "labels": None,
+    }
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """ct_cropped with aorta (as mediastinum), vertebrae_T12 (bone) and an all-air thyroid; cached at SIZE."""
+    tmp = tmp_path_factory.mktemp("data")
+    img = sitk.ReadImage(str(TS / "ct_cropped.nii.gz"))
+    ct = sitk.GetArrayFromImage(img)
+    aorta = sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "aorta.nii.gz"))) > 0
+    t12 = sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "vertebrae_T12.nii.gz"))) > 0
+    air = ct <= -1000
+    thyroid = np.zeros_like(air)
+    idx = np.argwhere(air)[:50]  # a few air voxels: a mask present in the file but with nothing > -1000 HU
+    thyroid[tuple(idx.T)] = True
+    label = (aorta.astype(np.uint16) << MEDIASTINUM) | (t12.astype(np.uint16) << BONE) | (
+        thyroid.astype(np.uint16) << THYROID)
+    lab = sitk.GetImageFromArray(label)
+    lab.CopyInformation(img)
+    mask_path = tmp / "ts.nii.gz"
+    sitk.WriteImage(lab, str(mask_path), useCompression=True)
+    cache_dir = tmp / "cache"
+    cache_scan(TS / "ct_cropped.nii.gz", mask_path, cache_dir / "ts.safetensors", input_size=SIZE)
+    return {"dir": cache_dir, "ct": ct, "aorta": aorta, "t12": t12, "mask": mask_path}
+
+
+def test_dataset_leaves_out_regions_without_text_or_with_empty_mask(cached):
+    texts = [None] * len(REGIONS)
+    texts[MEDIASTINUM] = "Aortic arch calcification."
+    texts[THYROID] = "Thyroid normal."  # a text, but the mask has no voxel above -1000 HU
+    manifest = pd.DataFrame([
+        _manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts, ["mediastinum", "bone", "thyroid"]),
+        _manifest_row("gone", TS / "ct_cropped.nii.gz", cached["mask"], [None] * 10, [], status="excluded",
+                      reason="no region has both a non-empty mask and a text"),
+    ])
+    train = Reg2RGDataset(manifest, cached["dir"], SIZE, split="train", text=True)
+    assert len(train) == 1 and train.skipped == []
+    item = train[0]
+    assert item["case_id"] == "ts"
+    assert item["regions"] == [MEDIASTINUM]  # bone has no text, thyroid no voxel inside the body
+    assert item["region_texts"] == ["Aortic arch calcification."]
+    assert item["report"] == "whole report"
+    z, y, x = size_zyx(SIZE)
+    assert item["global"].shape == (1, z, y, x) and item["global"].dtype == torch.float32
+    assert item["texture"].shape == item["geometry"].shape == (1, 1, z, y, x)
+
+    test = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
+    item = test[0]
+    assert item["regions"] == [BONE, MEDIASTINUM]  # every region with a mask inside the body, texts or not
+    assert item["region_texts"] == [None, "Aortic arch calcification."]
+    assert item["texture"].shape[0] == 2
+
+    # a training scan whose only texts belong to unusable regions is left out, with a reason
+    texts2 = [None] * len(REGIONS)
+    texts2[THYROID] = "Thyroid normal."
+    lonely = Reg2RGDataset(pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts2,
+                                                       ["thyroid"])]), cached["dir"], SIZE)
+    assert len(lonely) == 0 and lonely.skipped[0][0] == "ts"
+
+
+def test_dataset_items_equal_the_direct_transform(cached):
+    texts = ["t"] * len(REGIONS)
+    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
+                                           ["mediastinum", "bone"])])
+    item = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
+    ct = cached["ct"]
+    body = body_box(ct)
+    assert torch.allclose(item["global"], global_input(ct, SIZE), atol=1e-5)
+    for k, m in ((0, cached["t12"]), (1, cached["aorta"])):
+        assert torch.allclose(item["texture"][k], region_texture_input(ct, m, None, SIZE), atol=1e-5)
+        assert torch.allclose(item["geometry"][k], region_geometry_input(m[body], SIZE), atol=1e-6)
+    ablation = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False, lfd=False)[0]
+    assert torch.allclose(ablation["texture"][1], region_lfd_off_input(ct[body], cached["aorta"][body], SIZE), atol=1e-5)
+    with pytest.raises(Exception, match="input size"):
+        Reg2RGDataset(manifest, cached["dir"], (64, 64, 16))
+
+
+def test_shuffled_regions_keep_texts_and_tensors_together(cached):
+    texts = [f"text {i}" for i in range(len(REGIONS))]
+    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
+                                           ["mediastinum", "bone"])])
+    plain = Reg2RGDataset(manifest, cached["dir"], SIZE)[0]
+    ds = Reg2RGDataset(manifest, cached["dir"], SIZE, shuffle_regions=True)
+    torch.manual_seed(0)
+    orders = set()
+    for _ in range(8):
+        item = ds[0]
+        orders.add(tuple(item["regions"]))
+        for k, r in enumerate(item["regions"]):
+            j = plain["regions"].index(r)
+            assert item["region_texts"][k] == f"text {r}"
+            assert torch.equal(item["texture"][k], plain["texture"][j])
+            assert torch.equal(item["geometry"][k], plain["geometry"][j])
+    assert len(orders) == 2
+
+
+def test_collate_handles_different_region_counts(cached):
+    texts = ["t"] * len(REGIONS)
+    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
+                                           ["mediastinum", "bone"])])
+    two = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
+    one = {**two, "case_id": "other", "regions": two["regions"][1:], "texture": two["texture"][1:],
+           "geometry": two["geometry"][1:], "region_texts": two["region_texts"][1:], "report": None}
+    batch = collate_visual([two, one], tokenize=lambda items: {"input_ids": torch.zeros(len(items), 3)})
+    z, y, x = size_zyx(SIZE)
+    assert batch["case_id"] == ["ts", "other"]
+    assert batch["global"].shape == (2, 1, z, y, x)
+    assert batch["texture"].shape == batch["geometry"].shape == (3, 1, z, y, x)
+    assert batch["region_counts"].tolist() == [2, 1]
+    assert batch["regions"].tolist() == [BONE, MEDIASTINUM, MEDIASTINUM]
+    assert torch.equal(batch["texture"][2], two["texture"][1])
+    assert batch["region_texts"] == [["t", "t"], ["t"]] and batch["report"] == ["whole report", None]
+    assert batch["input_ids"].shape == (2, 3)
+    xyz = collate_visual([two], layout="xyz")
+    assert xyz["texture"].shape == (2, 1, x, y, z)
+    assert torch.equal(xyz["texture"].permute(0, 1, 4, 3, 2), two["texture"])
+    with pytest.raises(ValueError, match="clash"):
+        collate_visual([two], tokenize=lambda items: {"texture": torch.zeros(1)})
+
+
+def test_collate_in_a_dataloader_worker_uses_shared_memory(cached):
+    texts = ["t"] * len(REGIONS)
+    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
+                                           ["mediastinum", "bone"])])
+    ds = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_visual)
+    batch = next(iter(loader))
+    direct = collate_visual([ds[0]])
+    for key in ("global", "texture", "geometry"):
+        assert torch.equal(batch[key], direct[key])
+    assert batch["region_counts"].tolist() == [2]
