@@ -78,7 +78,33 @@ def _add_evaluate(sub):
     p.set_defaults(run=_call("reg2rg.evaluate:cli"))
 
 
-COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate]
+def _add_split_reports(sub):
+    p = sub.add_parser("split-reports", help="split whole reports into the 10 region texts (LLM or keyword rules)")
+    p.add_argument("--input", required=True, help="CTRG annotation.json, or a CSV/Parquet with an id and a report column")
+    p.add_argument("--output", required=True, help="region report table (Parquet, the reports stage's format)")
+    p.add_argument("--splitter", choices=["rules", "llm"], default="rules")
+    p.add_argument("--id-column", help="CSV/Parquet: the id column (default: case_id, id, AccessionNo)")
+    p.add_argument("--text-column", help="CSV/Parquet: the report column (default: report, report_text)")
+    p.add_argument("--base-url", help="llm: OpenAI-compatible endpoint (default $REG2RG_LLM_BASE_URL, "
+                                      "else http://127.0.0.1:8000/v1)")
+    p.add_argument("--model", help="llm: served model name (default $REG2RG_LLM_MODEL, else Qwen/Qwen2.5-14B-Instruct)")
+    p.add_argument("--api-key-env", help="llm: environment variable holding the API key (default REG2RG_LLM_API_KEY)")
+    p.add_argument("--concurrency", type=int, help="llm: requests in flight at most (default 8)")
+    p.add_argument("--timeout", type=float, help="llm: seconds per request (default 120)")
+    p.add_argument("--max-attempts", type=int, help="llm: attempts per report (default 4)")
+    p.add_argument("--structured-output", choices=["response_format", "structured_outputs", "guided_json", "none"],
+                   help="llm: how the JSON schema is sent (default response_format)")
+    p.add_argument("--cache", help="llm: cache folder (a rerun asks nothing already answered)")
+    p.add_argument("--no-retry-failed", action="store_true", help="llm: keep cached failures instead of asking again")
+    p.add_argument("--failures", help="write failed reports (reason, raw answer) to this CSV or Parquet")
+    p.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when any report failed")
+    p.add_argument("--serve-model", help="llm: start `vllm serve` on this local model folder for the run")
+    p.add_argument("--serve-port", type=int, default=8000)
+    p.add_argument("--serve-log", help="llm: where the managed server's output goes")
+    p.set_defaults(run=_call("reg2rg.split.table:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports]
 
 
 def build_parser() -> argparse.ArgumentParser:
