@@ -1,0 +1,97 @@
+"""The segmentation stage over an inventory: prepare SAT's input for every ingested scan, and import SAT's
+(or the stand-in's) output for every prepared scan. Every inventory scan gets a status row
+(`case_id, status, reason`); a scan that fails is recorded and the others go on."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from reg2rg.errors import InputError
+from reg2rg.segment import sat
+
+log = logging.getLogger(__name__)
+
+
+def _intensity_mode(inv_row) -> str:
+    mode = getattr(inv_row, "intensity_mode", None)
+    return mode if isinstance(mode, str) and mode else "hu"
+
+
+def prepare_case(volume_path, out_dir, case_id, intensity_mode, window):
+    out_dir = Path(out_dir)
+    return sat.prepare_sat_input(volume_path, out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}.json", case_id,
+                                 intensity_mode=intensity_mode, window=window)
+
+
+def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path, prompts: dict | None = None,
+                      sat_dataset: str = "reg2rg", window: dict | None = None, threads: int = 1):
+    """SAT input (`{out_dir}/{case_id}.nii.gz` + `.json` record) for every ingested scan, and SAT's jsonl
+    (absolute image paths, all prompts of the region mapping). Returns the status table."""
+    import json
+
+    import pandas as pd
+
+    from reg2rg.batch import run_per_case
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = sat.all_prompts(sat.region_prompts(prompts))
+    ingested = {r.case_id for r in volume_status.itertuples() if r.status == "ok"}
+    jobs, skipped = [], []
+    for inv in inventory.itertuples():
+        if inv.case_id not in ingested:
+            skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": "not ingested"})
+            continue
+        jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "out_dir": out_dir,
+                                   "case_id": inv.case_id, "intensity_mode": _intensity_mode(inv),
+                                   "window": window}))
+    status = run_per_case(prepare_case, jobs, threads=threads, desc="SAT input")
+    empty = []
+    for r in status.itertuples():
+        if r.status == "ok" and json.loads((out_dir / f"{r.case_id}.json").read_text()).get("empty_foreground"):
+            empty.append(r.case_id)
+    if empty:
+        status.loc[status.case_id.isin(empty), ["status", "reason"]] = [
+            "error", "no voxel above 0 HU: SAT's foreground crop would be empty"]
+    lines = [sat.jsonl_line(r.case_id, out_dir / f"{r.case_id}.nii.gz", labels, sat_dataset)
+             for r in status.itertuples() if r.status == "ok"]
+    Path(jsonl_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(jsonl_path).write_text("".join(line + "\n" for line in lines))
+    log.info("SAT jsonl %s: %d scans, %d prompts each", jsonl_path, len(lines), len(labels))
+    if skipped:
+        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
+    return status.sort_values("case_id").reset_index(drop=True)
+
+
+def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir):
+    if not Path(record_path).is_file():
+        raise InputError(record_path, "no SAT input record for this scan")
+    return sat.import_sat_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir)
+
+
+def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_dir, out_dir, work_dir,
+                     prompts: dict | None = None, threads: int = 1):
+    """Import SAT's output (`{sat_dir}/seg_{case_id}/`) of every prepared scan into `{out_dir}/{case_id}.nii.gz`
+    (the masks stage's format). Returns `case_id, status, reason` for every inventory scan."""
+    import pandas as pd
+
+    from reg2rg.batch import run_per_case
+
+    mapping = sat.region_prompts(prompts)
+    prepared = {r.case_id: (r.status, r.reason) for r in prepare_status.itertuples()}
+    jobs, skipped = [], []
+    for inv in inventory.itertuples():
+        st = prepared.get(inv.case_id)
+        if st is None or st[0] != "ok":
+            skipped.append({"case_id": inv.case_id, "status": "skipped" if st is None or st[0] == "skipped" else "error",
+                            "reason": "not prepared for SAT" if st is None else st[1]})
+            continue
+        jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "sat_dir": Path(sat_dir),
+                                   "record_path": Path(records_dir) / f"{inv.case_id}.json", "prompts": mapping,
+                                   "out_path": Path(out_dir) / f"{inv.case_id}.nii.gz",
+                                   "work_dir": Path(work_dir) / inv.case_id}))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    status = run_per_case(import_case, jobs, threads=threads, desc="SAT import")
+    if skipped:
+        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
+    return status.sort_values("case_id").reset_index(drop=True)
