@@ -88,7 +88,14 @@ def read_ctrate_labels(path, id_column: str = "VolumeName"):
     })
 
 
-LAYOUTS = {"radgenome": radgenome_inventory}
+def ctrg_inventory(root, metadata: dict | None = None):
+    """CTRG-Chest-548K layout (annotation.json + DICOM folders or NIfTI files): see reg2rg.ctrg."""
+    from reg2rg.ctrg import ctrg_inventory as _ctrg_inventory
+
+    return _ctrg_inventory(root, metadata)
+
+
+LAYOUTS = {"radgenome": radgenome_inventory, "ctrg": ctrg_inventory}
 
 
 def inventory(layout: str, root, metadata: dict | None = None):

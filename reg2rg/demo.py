@@ -1428,7 +1428,7 @@ _LAYOUT_ENTRIES = {
     "radgenome": ("train_preprocessed", "valid_preprocessed", "train_region_mask", "valid_region_mask",
                   "train_region_report.csv", "validation_region_report.csv", "multi_abnormality_labels",
                   SUMMARY_FILE),
-    "ctrg": ("images", "annotation.json", "labels.csv", SUMMARY_FILE),
+    "ctrg": ("images", "annotation.json", "labels.csv", "sat_standin", SUMMARY_FILE),
 }
 _REPORT_CSV = {"train": "train_region_report.csv", "valid": "validation_region_report.csv"}
 
@@ -1471,8 +1471,72 @@ def _write_ctrg_case(out: Path, case: DemoCase, seed: int, annotation: dict, lab
     label_rows.append([p.case_id] + [case.report.labels[lab] for lab in ABNORMALITY_LABELS])
 
 
+SAT_STANDIN_DIR = "sat_standin"
+SAT_STANDIN_DATASET = "reg2rg"  # the `dataset` of SAT's jsonl: SAT writes {rcd_dir}/{dataset}/seg_{id}/
+SAT_STANDIN_SPACING = (1.0, 1.0, 3.0)
+_SAT_STANDIN_README = """A STAND-IN FOR A SAT RUN, not SAT output.
+
+Written by reg2rg's demo generator from the phantoms' true region masks, in the layout and geometry SAT's
+inference writes (reg2rg/segment/sat.py): {dataset}/seg_<id>/<prompt>.nii.gz per prompt and
+{dataset}/seg_<id>.nii.gz, arrays on SAT's cropped RAS 1 x 1 x 3 mm grid with an identity affine. Each
+region's mask is split among (at most two of) its default prompts, so that importing it exercises the
+union. The grid is the one SAT would see for the volume reg2rg ingests from images/<id> at 1 x 1 x 3 mm;
+standin.json records each case's crop so the importer can refuse files made for another input.
+"""
+
+
+def write_sat_standin(out_dir: str | Path, case_id: str, masks: dict[str, np.ndarray], geometry: PhantomGeometry,
+                      spacing: Sequence[float] = SAT_STANDIN_SPACING, dataset: str = SAT_STANDIN_DATASET,
+                      prompts: dict | None = None) -> dict:
+    """A stand-in for a SAT run on one demo CTRG case: SAT-format outputs of its true masks.
+
+    Ingests the case's DICOM series (`{out_dir}/images/{case_id}`) exactly as the workflow will (reg2rg.ingest
+    at `spacing`, into a temporary folder), prepares SAT's input from it (reg2rg.segment.sat), puts each
+    true mask (on the phantom grid, `geometry`) onto SAT's cropped RAS grid and writes it under
+    `{out_dir}/sat_standin/{dataset}/` as SAT does. Returns the case's SAT input record."""
+    import tempfile
+
+    from reg2rg.ingest import ingest
+    from reg2rg.segment import sat
+
+    out = Path(out_dir)
+    root = out / SAT_STANDIN_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.txt").write_text(_SAT_STANDIN_README.format(dataset=dataset))
+    mapping = sat.region_prompts(prompts)
+    with tempfile.TemporaryDirectory(prefix="sat-standin-") as tmp:
+        vol = Path(tmp) / f"{case_id}.nii.gz"
+        ingest(out / "images" / case_id, vol, spacing=tuple(spacing))
+        record = sat.prepare_sat_input(vol, Path(tmp) / "in" / f"{case_id}.nii.gz", Path(tmp) / "in.json", case_id)
+    labels: dict[str, np.ndarray] = {}
+    for region in REGIONS:
+        names = mapping[region][:2]
+        if not names:
+            continue
+        img = _image(masks[region].astype(np.uint8), geometry)
+        cropped = sat.to_sat_grid(img, record)
+        # split among the prompts along the cranio-caudal axis (RAS k): their union is the region
+        cut = int(np.median(np.nonzero(cropped.any(axis=(0, 1)))[0])) if cropped.any() and len(names) > 1 else None
+        for j, name in enumerate(names):
+            piece = cropped.copy()
+            if cut is not None:
+                if j == 0:
+                    piece[:, :, cut:] = 0
+                else:
+                    piece[:, :, :cut] = 0
+            labels[name] = labels.get(name, np.zeros_like(piece)) | piece
+    sat.write_sat_output(root, dataset, case_id, {k: v.astype(np.uint8) for k, v in labels.items()})
+    index_path = root / "standin.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index[case_id] = {"crop": record["crop"], "shape_ras": record["sat_input"]["shape_ras"],
+                      "spacing": list(spacing), "prompts": {r: mapping[r][:2] for r in REGIONS}}
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+    return record
+
+
 def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: int = 0,
-                      test_fraction: float = 0.25, shape: Sequence[int] | None = None) -> dict:
+                      test_fraction: float = 0.25, shape: Sequence[int] | None = None,
+                      sat_standin: bool = True) -> dict:
     """Write a synthetic data set in the RadGenome-ChestCT ('radgenome') or CTRG-Chest-548K ('ctrg') layout
     (see the module docstring) and return its summary:
 
@@ -1480,7 +1544,10 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
       labels {case: {label: 0/1}}, missing_masks / empty_masks {case: [regions]} (radgenome),
       regions_without_text {case: [regions]}, geometry {case: {size, spacing, origin, direction}},
       patient_names, patient_ids, accession_numbers (ctrg: the made-up identities in the DICOM headers;
-      they are not written to demo_summary.json)."""
+      they are not written to demo_summary.json).
+
+    ctrg with `sat_standin`: also `{out}/sat_standin/`, SAT-format outputs made from the true masks in place
+    of a SAT run (see write_sat_standin)."""
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -1506,6 +1573,8 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
             _write_radgenome_case(out, case, report_rows, label_rows)
         else:
             _write_ctrg_case(out, case, seed, annotation, ctrg_labels)
+            if sat_standin:
+                write_sat_standin(out, plan.case_id, case.masks, case.geometry)
         summary["findings"][plan.case_id] = [f["kind"] for f in case.findings]
         summary["labels"][plan.case_id] = case.report.labels
         if plan.missing_masks:

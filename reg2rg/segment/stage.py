@@ -63,21 +63,44 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
     return status.sort_values("case_id").reset_index(drop=True)
 
 
-def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir):
+def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, standin: dict | None = None):
+    import json
+
     if not Path(record_path).is_file():
         raise InputError(record_path, "no SAT input record for this scan")
-    return sat.import_sat_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir)
+    if standin is not None:  # files made in place of a SAT run: were they made for this very input?
+        rec = json.loads(Path(record_path).read_text())
+        if not standin:
+            raise InputError(sat_dir, f"the stand-in for a SAT run has no output for {rec['case_id']}")
+        if rec["crop"]["start"] != standin["crop"]["start"] or rec["crop"]["end"] != standin["crop"]["end"] \
+                or rec["sat_input"]["shape_ras"] != standin["shape_ras"]:
+            raise InputError(sat_dir, f"the stand-in SAT output of {rec['case_id']} was made for another SAT input "
+                                      f"(crop {standin['crop']['start']}..{standin['crop']['end']} of "
+                                      f"{standin['shape_ras']}, ours {rec['crop']['start']}..{rec['crop']['end']} of "
+                                      f"{rec['sat_input']['shape_ras']}); the demo's stand-in assumes ingestion at "
+                                      f"{standin.get('spacing')} mm")
+    side = sat.import_sat_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir)
+    if standin is not None:
+        from reg2rg.masks import sidecar_path
+
+        side["segmentation"]["backend"] = "sat_standin"
+        sat._write_json(side, sidecar_path(out_path))
+    return side
 
 
 def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_dir, out_dir, work_dir,
-                     prompts: dict | None = None, threads: int = 1):
+                     prompts: dict | None = None, threads: int = 1, standin_index=None):
     """Import SAT's output (`{sat_dir}/seg_{case_id}/`) of every prepared scan into `{out_dir}/{case_id}.nii.gz`
-    (the masks stage's format). Returns `case_id, status, reason` for every inventory scan."""
+    (the masks stage's format). Returns `case_id, status, reason` for every inventory scan. `standin_index`:
+    the demo's standin.json (stand-in files are checked against our SAT input before import)."""
+    import json
+
     import pandas as pd
 
     from reg2rg.batch import run_per_case
 
     mapping = sat.region_prompts(prompts)
+    standin = json.loads(Path(standin_index).read_text()) if standin_index else None
     prepared = {r.case_id: (r.status, r.reason) for r in prepare_status.itertuples()}
     jobs, skipped = [], []
     for inv in inventory.itertuples():
@@ -89,7 +112,8 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
         jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "sat_dir": Path(sat_dir),
                                    "record_path": Path(records_dir) / f"{inv.case_id}.json", "prompts": mapping,
                                    "out_path": Path(out_dir) / f"{inv.case_id}.nii.gz",
-                                   "work_dir": Path(work_dir) / inv.case_id}))
+                                   "work_dir": Path(work_dir) / inv.case_id,
+                                   "standin": None if standin is None else standin.get(inv.case_id, {})}))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     status = run_per_case(import_case, jobs, threads=threads, desc="SAT import")
     if skipped:
