@@ -8,7 +8,8 @@ Per scan, in the cache folder:
                             crop's frame; or, when that raw array would be large next to the gzip sources (see
                             RAW_LIMIT), its byte planes `ct.lo`, `ct.hi` (uint8, each raw or zlib, as the
                             sidecar says; the high plane is nearly constant and shrinks ~20x)
-        mask.{i}            uint8: np.packbits of REGIONS[i]'s mask inside its box (C order)
+        mask.{i}            uint8: np.packbits of REGIONS[i]'s mask inside its box (C order), zlib-compressed
+                            when that halves it (the sidecar's `bits`)
         global              int16 (int32 for large windows) [Z, Y, X]: the exact HU sums over the area windows
                             of the body crop for the input size, clamped to [-1000, 200] x window volume
                             (reg2rg.data.global_sums), or their zlib bytes (uint8) when that halves them (an
@@ -30,7 +31,7 @@ Sidecar (3-vectors in ITK order [x, y, z], as everywhere in docs/formats.md):
     regions     one entry per REGIONS[i]: index, name, voxels (in the whole mask), voxels_in_body (mask voxels
                 > -1000 HU), usable (voxels_in_body > 0), box (the mask's bounding box within the body crop;
                 null if none), crop (the texture crop: bounding box of the voxels > -1000 HU; null if none),
-                tensor (its bits, or null), geometry ({"start", "size" of the touched outputs, "dtype",
+                tensor (its bits, or null), bits ("raw" | "zlib" | null), geometry ({"start", "size" of the touched outputs, "dtype",
                 "tensor"} for usable regions, else null)
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 # The CT is stored as plain int16 (nothing to decode) when the whole file then takes at most this many times
 # the bytes of its gzip sources (volume + mask); otherwise as byte planes. The goal: at most twice the sources.
-RAW_LIMIT = 1.5
+RAW_LIMIT = 1.9
 # A byte plane (or a geometry array) is stored zlib-compressed when that at least halves it.
 ZLIB_GAIN = 0.5
 ZLIB_LEVEL = 1
@@ -245,12 +246,15 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
         bit = np.uint16(1 << i)
         m = (label_body & bit).astype(bool)
         rec = {"index": i, "name": name, "voxels": int(np.count_nonzero(label & bit)), "voxels_in_body": 0,
-               "usable": False, "box": None, "crop": None, "tensor": None, "geometry": None}
+               "usable": False, "box": None, "crop": None, "tensor": None, "bits": None, "geometry": None}
         box = bbox(m)
         if box is not None:
             mb = m[box]
             rec.update(box=_box_json(box), tensor=f"mask.{i}")
-            tensors[f"mask.{i}"] = np.packbits(mb.reshape(-1))
+            bits = np.packbits(mb.reshape(-1))
+            packed = zlib.compress(bits, ZLIB_LEVEL)
+            rec["bits"] = "zlib" if len(packed) <= ZLIB_GAIN * bits.nbytes else "raw"
+            tensors[f"mask.{i}"] = np.frombuffer(packed, dtype=np.uint8) if rec["bits"] == "zlib" else bits
             in_body = mb & inside[box]
             crop = bbox(in_body)
             if crop is not None:
@@ -371,7 +375,10 @@ class CachedScan:
         if box is None:
             raise ValueError(f"{self.path}: region {REGIONS[i]!r} has no mask voxel in the body crop")
         shape = tuple(s.stop - s.start for s in box)
-        return np.unpackbits(self.bits[i], count=int(np.prod(shape))).reshape(shape).view(bool)
+        bits = self.bits[i]
+        if self.meta["regions"][i].get("bits") == "zlib":
+            bits = np.frombuffer(zlib.decompress(bits), dtype=np.uint8)
+        return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).view(bool)
 
     def frame_mask(self, i: int) -> np.ndarray:
         """REGIONS[i]'s mask in the whole body crop: bool [z, y, x] of frame_shape."""

@@ -47,8 +47,9 @@ Box = tuple[slice, slice, slice]
 # The paper's model input size (x, y, z).
 PAPER_INPUT_SIZE = (256, 256, 64)
 
-# Output rows per banded block in the separable area passes.
-_CHUNK = 32
+# Output rows per banded block in the separable area passes, per axis: small blocks waste fewer products on
+# zeros; along y and x larger ones pay less per-block overhead.
+_CHUNK = (8, 32, 32)
 
 # Normalised values of HU_MIN and HU_MAX.
 _UNIT_LO = (HU_MIN - HU_CENTER) / HU_SCALE
@@ -59,6 +60,22 @@ def _empty(shape) -> torch.Tensor:
     """An uninitialised float32 tensor in numpy-allocated memory: numpy asks the kernel for huge pages on
     large arrays, which makes first writes to a fresh 16 MB input several times cheaper than torch.empty."""
     return torch.from_numpy(np.empty(shape, dtype=np.float32))
+
+
+class Scratch:
+    """Reusable float32 buffers for the intermediate arrays of the resize passes (one per slot, grown on
+    demand), so that a loader does not fault in fresh pages for them at every sample. Not thread-safe: one
+    per process (Reg2RGDataset keeps one per DataLoader worker)."""
+
+    def __init__(self):
+        self._buffers: dict[int, np.ndarray] = {}
+
+    def take(self, slot: int, shape) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self._buffers.get(slot)
+        if buf is None or buf.size < n:
+            buf = self._buffers[slot] = np.empty(n, dtype=np.float32)
+        return torch.from_numpy(buf[:n].reshape(shape))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -158,9 +175,10 @@ def _area_axis(x: torch.Tensor, axis: int, frame: int, n_out: int, offset: int, 
     shape[axis] = m
     if out is None:
         out = _empty(shape) if x.dtype == torch.float32 else torch.empty(shape, dtype=x.dtype)
-    # One product when the input axis is short; otherwise banded blocks of _CHUNK outputs (each window spans
+    # One product when the input axis is short; otherwise banded blocks of outputs (each window spans
     # a few inputs, so a dense product would mostly multiply zeros).
-    blocks = [(0, m)] if n_in <= 2 * _CHUNK else [(r, min(m, r + _CHUNK)) for r in range(0, m, _CHUNK)]
+    ch = _CHUNK[axis]
+    blocks = [(0, m)] if n_in <= 2 * ch else [(r, min(m, r + ch)) for r in range(0, m, ch)]
     for r0, r1 in blocks:
         c0, c1 = int(sc[r0:r1].min()), int(ec[r0:r1].max())
         dst = out.narrow(axis, r0, r1 - r0)
@@ -183,11 +201,12 @@ def _area_axis(x: torch.Tensor, axis: int, frame: int, n_out: int, offset: int, 
 
 
 def _resize_block(x: torch.Tensor, frame: Sequence[int], start: Sequence[int], size: Sequence[int],
-                  out: torch.Tensor | None = None, scale: float = 1.0):
+                  out: torch.Tensor | None = None, scale: float = 1.0, scratch: Scratch | None = None):
     """Area-resize a frame of shape `frame` ([z, y, x]) that equals the float block `x` at `start` and is zero
     elsewhere, to `size` ([z, y, x]), times `scale` (folded into the first pass). Returns (block, out_start):
     the outputs that the block touches (all other outputs are 0) and where they start. With start (0, 0, 0)
-    and x.shape == frame it is a plain resize. `out`: where to write the block (contiguous, its shape)."""
+    and x.shape == frame it is a plain resize. `out`: where to write the block (contiguous, its shape);
+    `scratch`: buffers for the intermediate passes (slots 1 and 2)."""
     ranges = [_touched(frame[a], size[a], start[a], x.shape[a]) for a in range(3)]
     if any(hi <= lo for lo, hi in ranges):
         return x.new_zeros((0, 0, 0)), (0, 0, 0)
@@ -195,8 +214,12 @@ def _resize_block(x: torch.Tensor, frame: Sequence[int], start: Sequence[int], s
     # Shrinking axes first, growing ones last: the intermediate arrays stay small.
     passes.sort(key=lambda a: (ranges[a][1] - ranges[a][0]) / x.shape[a])
     for k, a in enumerate(passes):
-        x = _area_axis(x, a, frame[a], size[a], start[a], *ranges[a], out=out if k == len(passes) - 1 else None,
-                       scale=scale if k == 0 else 1.0)
+        dst = out if k == len(passes) - 1 else None
+        if dst is None and scratch is not None:
+            shape = list(x.shape)
+            shape[a] = ranges[a][1] - ranges[a][0]
+            dst = scratch.take(1 + k % 2, shape)
+        x = _area_axis(x, a, frame[a], size[a], start[a], *ranges[a], out=dst, scale=scale if k == 0 else 1.0)
     if not passes:
         x = x * scale if out is None else torch.mul(x, scale, out=out)
     return x, tuple(lo for lo, _ in ranges)
@@ -248,15 +271,15 @@ def _divide_by_volume_(block: torch.Tensor, frame, size_zyx, out_start) -> torch
 # The method's transforms (pure functions of arrays)
 # --------------------------------------------------------------------------------------------------------------
 
-def _hu_to_unit(x: torch.Tensor, size_zyx, out: torch.Tensor) -> torch.Tensor:
+def _hu_to_unit(x: torch.Tensor, size_zyx, out: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     """Area-resize HU `x` (float32, modified) and normalise into `out` ([Z, Y, X]). The scaling
     (x - HU_CENTER) / HU_SCALE commutes with area resizing (its weights sum to 1), so it is applied to the
     smaller of input and output; the clamp (HU_MIN, HU_MAX -> -1, 1) comes after the resize, in the authors'
     order."""
     if x.numel() <= out.numel():
-        _resize_block(x.sub_(HU_CENTER), x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE)
+        _resize_block(x.sub_(HU_CENTER), x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE, scratch=scratch)
         return out.clamp_(_UNIT_LO, _UNIT_HI)
-    _resize_block(x, x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE)
+    _resize_block(x, x.shape, (0, 0, 0), size_zyx, out=out, scale=1.0 / HU_SCALE, scratch=scratch)
     return out.sub_(HU_CENTER / HU_SCALE).clamp_(_UNIT_LO, _UNIT_HI)
 
 
@@ -297,10 +320,16 @@ def masked_crop(ct, mask, bbox: Box) -> np.ndarray:
     return np.where(mask[bbox], ct[bbox], np.asarray(OUTSIDE_HU, dtype=ct.dtype))
 
 
-def _texture_into(ct_crop, mask_crop, size_zyx, out: torch.Tensor) -> torch.Tensor:
-    ct_crop = np.asarray(ct_crop)
-    masked = np.where(np.asarray(mask_crop, dtype=bool), ct_crop, np.asarray(OUTSIDE_HU, dtype=ct_crop.dtype))
-    return _hu_to_unit(torch.from_numpy(masked.astype(np.float32)), size_zyx, out)
+def _texture_into(ct_crop, mask_crop, size_zyx, out: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+    ct_crop, mask_crop = np.asarray(ct_crop), np.asarray(mask_crop, dtype=bool)
+    if scratch is None:
+        masked = np.where(mask_crop, ct_crop, np.asarray(OUTSIDE_HU, dtype=ct_crop.dtype))
+        return _hu_to_unit(torch.from_numpy(masked.astype(np.float32)), size_zyx, out)
+    x = scratch.take(0, ct_crop.shape)
+    xn = x.numpy()
+    np.copyto(xn, ct_crop, casting="unsafe")
+    np.copyto(xn, np.float32(OUTSIDE_HU), where=~mask_crop)
+    return _hu_to_unit(x, size_zyx, out, scratch=scratch)
 
 
 def region_texture_input(ct, mask, bbox: Box | None, size) -> torch.Tensor:
@@ -447,6 +476,7 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         self.size = size_zyx(input_size)
         self.input_size = tuple(int(v) for v in input_size)
         self.text, self.lfd, self.shuffle_regions = bool(text), bool(lfd), bool(shuffle_regions)
+        self._scratch: Scratch | None = None  # made in the process that loads (each DataLoader worker)
         df = manifest_df
         if split is not None:
             df = df[df["split"] == split]
@@ -486,6 +516,9 @@ class Reg2RGDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __getstate__(self):  # DataLoader workers get the dataset without the scratch buffers
+        return {**self.__dict__, "_scratch": None}
+
     def __getitem__(self, index: int) -> dict:
         from reg2rg.cache import read_cache
 
@@ -494,7 +527,9 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         regions = list(s["regions"])
         if self.shuffle_regions:
             regions = [regions[i] for i in torch.randperm(len(regions)).tolist()]
-        return scan_inputs(scan, regions, lfd=self.lfd) | {
+        if self._scratch is None:
+            self._scratch = Scratch()
+        return scan_inputs(scan, regions, lfd=self.lfd, scratch=self._scratch) | {
             "case_id": s["case_id"],
             "regions": regions,
             "region_texts": [s["texts"][i] for i in regions],
@@ -502,10 +537,11 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         }
 
 
-def scan_inputs(scan, regions: Sequence[int], lfd: bool = True) -> dict:
+def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch | None = None) -> dict:
     """The visual inputs of one cached scan (reg2rg.cache.CachedScan) for the given region indices, at the
     cache's input size: {"global": [1, Z, Y, X], "texture": [R, 1, Z, Y, X], "geometry": [R, 1, Z, Y, X]}
-    (float32). lfd=False puts the LFD-off inputs (masked volume, uncropped) in "texture"."""
+    (float32). lfd=False puts the LFD-off inputs (masked volume, uncropped) in "texture". `scratch` (optional)
+    reuses the intermediate buffers across calls."""
     size = size_zyx(scan.input_size)
     frame = scan.frame_shape
     glob = _empty((1,) + size)
@@ -521,7 +557,7 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True) -> dict:
         if lfd:
             crop = scan.region_crop(i)
             rel = scan.region_crop(i, relative=True)
-            _texture_into(scan.ct_in(crop), m[rel], size, texture[k, 0])
+            _texture_into(scan.ct_in(crop), m[rel], size, texture[k, 0], scratch=scratch)
         else:
             start, _ = box_start_size(box)
             _lfd_off_into(scan.ct_in(box), m, frame, start, size, texture[k, 0])
