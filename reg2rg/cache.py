@@ -12,8 +12,10 @@ Per scan, in the cache folder:
                             when that halves it (the sidecar's `bits`)
         global              int16 (int32 for large windows) [Z, Y, X]: the exact HU sums over the area windows
                             of the body crop for the input size, clamped to [-1000, 200] x window volume
-                            (reg2rg.data.global_sums), or their zlib bytes (uint8) when that halves them (an
-                            input size larger than the scan); the global input is these / volume, scaled
+                            (reg2rg.data.global_sums), or their zlib bytes (uint8) when that halves them; the
+                            global input is these / volume, scaled. Absent for a scan whose body crop takes
+                            fewer bytes (smaller than the model input): then `ct` holds the whole body crop
+                            and the global input is resized from it when loading
         geometry.{i}        uint8: zlib of the exact mask voxel counts (uint8, or uint16 for windows over 255
                             voxels) over the area windows that REGIONS[i]'s box touches
                             (reg2rg.data.geometry_counts); the geometry input is these / volume
@@ -27,7 +29,7 @@ Sidecar (3-vectors in ITK order [x, y, z], as everywhere in docs/formats.md):
     body        {"start", "size", "origin"}: the body crop (bounding box of voxels > -1000 HU) in the volume:
                 index start, size, physical origin. It is the frame of every box below.
     ct          {"start", "size", "encoding": "int16" | "byteplanes", "planes": {"lo", "hi": "raw"|"zlib"} | null}
-    global      {"dtype", "encoding": "raw" | "zlib"}
+    global      {"from": "sums", "dtype", "encoding": "raw" | "zlib"} or {"from": "ct"}
     regions     one entry per REGIONS[i]: index, name, voxels (in the whole mask), voxels_in_body (mask voxels
                 > -1000 HU), usable (voxels_in_body > 0), box (the mask's bounding box within the body crop;
                 null if none), crop (the texture crop: bounding box of the voxels > -1000 HU; null if none),
@@ -276,13 +278,22 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
     sums = global_sums(ct_body, input_size)
     g_dtype = np.int16 if np.abs(sums).max(initial=0) <= np.iinfo(np.int16).max else np.int32
     sums = sums.astype(g_dtype)
-    packed = zlib.compress(sums, ZLIB_LEVEL)  # pays off when the input size upsamples a small scan
+    packed = zlib.compress(sums, ZLIB_LEVEL)
     g_encoding = "zlib" if len(packed) <= ZLIB_GAIN * sums.nbytes else "raw"
-    tensors["global"] = np.frombuffer(packed, dtype=np.uint8) if g_encoding == "zlib" else sums
+    g_tensor = np.frombuffer(packed, dtype=np.uint8) if g_encoding == "zlib" else sums
+    ct_box = _union(usable_boxes)
+    union_bytes = int(np.prod([b.stop - b.start for b in ct_box])) * ct_body.itemsize
+    if ct_body.nbytes <= union_bytes + g_tensor.nbytes:
+        # A scan smaller than the model input: the whole body crop takes fewer bytes than the global sums, so it
+        # is stored instead and the global input is resized from it when loading (cheap at this size).
+        ct_box = tuple(slice(0, n) for n in frame)
+        g_meta = {"from": "ct"}
+    else:
+        tensors["global"] = g_tensor
+        g_meta = {"from": "sums", "dtype": np.dtype(g_dtype).name, "encoding": g_encoding}
 
     sources = {"volume": _source_record(volume_path), "mask": _source_record(mask_path)}
     source_bytes = sources["volume"]["bytes"] + sources["mask"]["bytes"]
-    ct_box = _union(usable_boxes)
     ct_tensors, ct_meta = _encode_ct(np.ascontiguousarray(ct_body[ct_box]),
                                      sum(t.nbytes for t in tensors.values()), source_bytes)
     tensors.update(ct_tensors)
@@ -309,7 +320,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
         "body": {"start": [int(v) for v in start[::-1]], "size": [int(v) for v in bsize[::-1]],
                  "origin": [float(v) for v in body_origin]},
         "ct": {**_box_json(ct_box), **ct_meta},
-        "global": {"dtype": np.dtype(g_dtype).name, "encoding": g_encoding},
+        "global": g_meta,
         "regions": regions,
         "format_version": FORMAT_VERSION,
         "reg2rg_version": __version__,
@@ -336,7 +347,7 @@ class CachedScan:
     meta: dict
     ct: np.ndarray
     bits: dict[int, np.ndarray] = field(repr=False)
-    global_sums: np.ndarray = field(repr=False)
+    global_sums: np.ndarray | None = field(repr=False)  # None: make the global input from `ct` (the body crop)
     geometry: dict[int, np.ndarray] = field(repr=False)
 
     @property
@@ -453,17 +464,19 @@ def read_cache(path) -> CachedScan:
                 view[:, 1] = _decode_plane(f.get_tensor("ct.hi"), enc["planes"]["hi"], n, path)
             bits = {r["index"]: f.get_tensor(r["tensor"]) for r in meta["regions"] if r["tensor"]}
             geometry = {r["index"]: f.get_tensor(r["geometry"]["tensor"]) for r in meta["regions"] if r["geometry"]}
-            sums = f.get_tensor("global")
-            if meta["global"]["encoding"] == "zlib":
-                sums = np.frombuffer(zlib.decompress(sums), dtype=np.dtype(meta["global"]["dtype"]))
-                sums = sums.reshape(size_zyx(meta["input_size"]))
+            sums = None
+            if meta["global"]["from"] == "sums":
+                sums = f.get_tensor("global")
+                if meta["global"]["encoding"] == "zlib":
+                    sums = np.frombuffer(zlib.decompress(sums), dtype=np.dtype(meta["global"]["dtype"]))
+                    sums = sums.reshape(size_zyx(meta["input_size"]))
     except InputError:
         raise
     except Exception as err:  # OSError, a missing tensor, zlib or safetensors errors on a damaged file
         raise InputError(path, f"cannot read the cache: {type(err).__name__}: {err}") from err
     if ct.shape != shape or ct.dtype != np.int16:
         raise InputError(path, f"ct is {ct.dtype} {ct.shape}, the sidecar says int16 {shape}")
-    if sums.shape != size_zyx(meta["input_size"]):
+    if sums is not None and sums.shape != size_zyx(meta["input_size"]):
         raise InputError(path, f"global sums are {sums.shape}, expected {size_zyx(meta['input_size'])}")
     return CachedScan(path=path, meta=meta, ct=ct, bits=bits, global_sums=sums, geometry=geometry)
 

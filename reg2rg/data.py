@@ -548,7 +548,10 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
     texture = _empty((len(regions), 1) + size)
     # calloc'd: the pages that no region's block touches are never written here
     geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
-    global_from_sums(scan.global_sums, frame, size, out=glob[0])
+    if scan.global_sums is not None:
+        global_from_sums(scan.global_sums, frame, size, out=glob[0])
+    else:  # a scan smaller than the model input: the cache holds its whole body crop
+        _hu_to_unit(_as_float(scan.ct_in(tuple(slice(0, n) for n in frame)), copy=True), size, glob[0], scratch=scratch)
     for k, i in enumerate(regions):
         box = scan.region_box(i)
         if box is None or not scan.meta["regions"][i]["usable"]:

@@ -36,6 +36,7 @@ CIP = DATA / "cip-ct64"
 MEDIASTINUM, BONE, LUNG = (REGIONS.index(r) for r in ("mediastinum", "bone", "lung"))
 SIZE = (48, 40, 24)        # (x, y, z), small: the tests stay fast
 TINY = (64, 64, 16)        # the tiny model preset's input size
+PAPER = (256, 256, 64)     # the paper's
 
 
 def _write_like(arr: np.ndarray, ref: sitk.Image, path: Path) -> Path:
@@ -71,27 +72,32 @@ def scans(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("name", ["totalseg", "cip"])
-def test_cached_inputs_equal_the_direct_transform_and_the_authors_way(scans, name, tmp_path):
+@pytest.mark.parametrize("name, size, global_from", [
+    ("totalseg", SIZE, "sums"),
+    ("cip", SIZE, "sums"),
+    ("cip", (96, 96, 48), "ct"),  # a model input larger than the scan: the cache keeps the body crop instead
+])
+def test_cached_inputs_equal_the_direct_transform_and_the_authors_way(scans, name, size, global_from, tmp_path):
     s = scans[name]
-    meta = cache_scan(s["volume"], s["mask"], tmp_path / f"{name}.safetensors", input_size=SIZE)
+    meta = cache_scan(s["volume"], s["mask"], tmp_path / f"{name}.safetensors", input_size=size)
+    assert meta["global"]["from"] == global_from
     scan = read_cache(tmp_path / f"{name}.safetensors")
-    assert scan.meta == meta and scan.input_size == SIZE
+    assert scan.meta == meta and scan.input_size == size
     regions = sorted(s["masks"])
     assert scan.usable_regions == regions
     got = scan_inputs(scan, regions)
-    z, y, x = size_zyx(SIZE)
+    z, y, x = size_zyx(size)
     assert got["global"].shape == (1, z, y, x) and got["texture"].shape == (len(regions), 1, z, y, x)
 
     ct, body = s["ct"], body_box(s["ct"])
-    assert torch.allclose(got["global"], global_input(ct, SIZE), atol=1e-5)
-    ref = reference_inputs(s["volume"], s["files"], SIZE)  # nibabel, float64, F.interpolate: the authors' way
+    assert torch.allclose(got["global"], global_input(ct, size), atol=1e-5)
+    ref = reference_inputs(s["volume"], s["files"], size)  # nibabel, float64, F.interpolate: the authors' way
     assert torch.allclose(got["global"], ref["global"], atol=1e-5)
     for k, i in enumerate(regions):
         m = s["masks"][i]
-        assert torch.allclose(got["texture"][k], region_texture_input(ct, m, None, SIZE), atol=1e-5)
+        assert torch.allclose(got["texture"][k], region_texture_input(ct, m, None, size), atol=1e-5)
         assert torch.allclose(got["texture"][k], ref["texture"][REGIONS[i]], atol=1e-5)
-        assert torch.allclose(got["geometry"][k], region_geometry_input(m[body], SIZE), atol=1e-6)
+        assert torch.allclose(got["geometry"][k], region_geometry_input(m[body], size), atol=1e-6)
         assert torch.allclose(got["geometry"][k], ref["geometry"][REGIONS[i]], atol=1e-6)
     assert got["texture"].min() >= -1 and got["texture"].max() <= 1
     assert got["geometry"].min() >= 0 and got["geometry"].max() <= 1
@@ -160,7 +166,7 @@ def test_body_crop_excludes_the_air_border(scans, tmp_path):
 def test_cache_bytes_stay_within_twice_the_sources(scans, name, tmp_path):
     s = scans[name]
     sources = os.path.getsize(s["volume"]) + os.path.getsize(s["mask"])
-    for size in (TINY, SIZE):
+    for size in (TINY, SIZE, PAPER):
         meta = cache_scan(s["volume"], s["mask"], tmp_path / f"{name}_{size[0]}.safetensors", input_size=size)
         cache = os.path.getsize(tmp_path / f"{name}_{size[0]}.safetensors")
         assert meta["bytes"] == cache
