@@ -63,7 +63,7 @@ from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # The CT is stored as plain int16 (nothing to decode) when the whole file then takes at most this many times
 # the bytes of its gzip sources (volume + mask); otherwise as byte planes. The goal: at most twice the sources.
 RAW_LIMIT = 1.9
@@ -412,7 +412,7 @@ class CachedScan:
         if g is None:
             raise ValueError(f"{self.path}: region {REGIONS[i]!r} has no geometry (not usable)")
         shape = tuple(g["size"][::-1])
-        counts = np.frombuffer(zlib.decompress(self.geometry[i]), dtype=np.dtype(g["dtype"]))
+        counts = np.frombuffer(bytearray(zlib.decompress(self.geometry[i])), dtype=np.dtype(g["dtype"]))
         if counts.size != int(np.prod(shape)):
             raise InputError(self.path, f"geometry of {REGIONS[i]!r} holds {counts.size} values, expected {shape}")
         return counts.reshape(shape), tuple(g["start"][::-1])
@@ -468,7 +468,7 @@ def read_cache(path) -> CachedScan:
             if meta["global"]["from"] == "sums":
                 sums = f.get_tensor("global")
                 if meta["global"]["encoding"] == "zlib":
-                    sums = np.frombuffer(zlib.decompress(sums), dtype=np.dtype(meta["global"]["dtype"]))
+                    sums = np.frombuffer(bytearray(zlib.decompress(sums)), dtype=np.dtype(meta["global"]["dtype"]))
                     sums = sums.reshape(size_zyx(meta["input_size"]))
     except InputError:
         raise

@@ -259,6 +259,12 @@ def window_sums(arr, frame: Sequence[int], start: Sequence[int], size_zyx: Seque
     return np.rint(block.numpy() * vol).astype(np.int64), out_start
 
 
+def window_volume(frame: Sequence[int], size_zyx) -> torch.Tensor:
+    """The number of input voxels in each area window: float32 [Z, Y, X] (exact integers)."""
+    lz, ly, lx = (torch.from_numpy(v.astype(np.float32)) for v in _window_lengths(frame, size_zyx))
+    return (lz.view(-1, 1, 1) * (ly.view(-1, 1) * lx.view(1, -1))).contiguous()
+
+
 def _divide_by_volume_(block: torch.Tensor, frame, size_zyx, out_start) -> torch.Tensor:
     """block /= window volume, in place, for the outputs [out_start, out_start + block.shape). Divided by the
     in-plane area, then by the length in z (both exact integers in float32), so that a full window gives
@@ -304,14 +310,20 @@ def global_sums(ct_body, size) -> np.ndarray:
     return np.clip(sums, int(HU_MIN) * vol, int(HU_MAX) * vol)
 
 
-def global_from_sums(sums, frame: Sequence[int], size_zyx, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The global input [Z, Y, X] from `global_sums` of a body crop of shape `frame` ([z, y, x])."""
+def global_from_sums(sums, frame: Sequence[int], size_zyx, out: torch.Tensor | None = None,
+                     volume: torch.Tensor | None = None) -> torch.Tensor:
+    """The global input [Z, Y, X] from `global_sums` of a body crop of shape `frame` ([z, y, x]).
+    `volume`: window_volume(frame, size_zyx) when the caller has it."""
     sums = torch.from_numpy(np.asarray(sums))
     if out is None:
         out = torch.empty(tuple(size_zyx), dtype=torch.float32)
     out.copy_(sums)  # exact: |sums| < 2**24
     # the sums are clamped already: (sum / volume - HU_CENTER) / HU_SCALE
-    return _divide_by_volume_(out, frame, size_zyx, (0, 0, 0)).sub_(HU_CENTER).div_(HU_SCALE)
+    if volume is None:
+        _divide_by_volume_(out, frame, size_zyx, (0, 0, 0))
+    else:
+        out.div_(volume)
+    return out.sub_(HU_CENTER).div_(HU_SCALE)
 
 
 def masked_crop(ct, mask, bbox: Box) -> np.ndarray:
@@ -394,16 +406,27 @@ def geometry_counts(mask_box, frame: Sequence[int], start: Sequence[int], size) 
 
 
 def geometry_from_counts(counts, out_start, frame: Sequence[int], size_zyx,
-                         out: torch.Tensor | None = None, zeroed: bool = False) -> torch.Tensor:
+                         out: torch.Tensor | None = None, zeroed: bool = False,
+                         volume: torch.Tensor | None = None) -> torch.Tensor:
     """The geometry input [Z, Y, X] from `geometry_counts` (counts / window volume, zero elsewhere).
-    zeroed=True: `out` is known to be zero, only the counts' block is written."""
+    zeroed=True: `out` is known to be zero, only the counts' block is written. `volume`: window_volume(frame,
+    size_zyx) when the caller has it (shared by the regions of a scan)."""
     if out is None:
         out, zeroed = torch.from_numpy(np.zeros(tuple(size_zyx), dtype=np.float32)), True
     counts = np.asarray(counts)
     if not counts.size:
         return out if zeroed else out.zero_()
-    block = _divide_by_volume_(torch.from_numpy(counts.astype(np.float32)), frame, size_zyx, out_start)
-    return _write_block(out, block, out_start, zeroed=zeroed)
+    if not zeroed:
+        out.zero_()
+    z, y, x = out_start
+    dz, dy, dx = counts.shape
+    dst = out[z:z + dz, y:y + dy, x:x + dx]
+    dst.copy_(torch.from_numpy(counts))  # integers: exact in float32
+    if volume is None:
+        _divide_by_volume_(dst, frame, size_zyx, out_start)
+    else:
+        dst.div_(volume[z:z + dz, y:y + dy, x:x + dx])
+    return out
 
 
 def _lfd_off_into(ct_box, mask_box, frame, start, size_zyx, out: torch.Tensor) -> torch.Tensor:
@@ -548,8 +571,9 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
     texture = _empty((len(regions), 1) + size)
     # calloc'd: the pages that no region's block touches are never written here
     geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
+    volume = window_volume(frame, size)
     if scan.global_sums is not None:
-        global_from_sums(scan.global_sums, frame, size, out=glob[0])
+        global_from_sums(scan.global_sums, frame, size, out=glob[0], volume=volume)
     else:  # a scan smaller than the model input: the cache holds its whole body crop
         _hu_to_unit(_as_float(scan.ct_in(tuple(slice(0, n) for n in frame)), copy=True), size, glob[0], scratch=scratch)
     for k, i in enumerate(regions):
@@ -565,7 +589,7 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
             start, _ = box_start_size(box)
             _lfd_off_into(scan.ct_in(box), m, frame, start, size, texture[k, 0])
         counts, out_start = scan.geometry_counts(i)
-        geometry_from_counts(counts, out_start, frame, size, out=geometry[k, 0], zeroed=True)
+        geometry_from_counts(counts, out_start, frame, size, out=geometry[k, 0], zeroed=True, volume=volume)
     return {"global": glob, "texture": texture, "geometry": geometry}
 
 
