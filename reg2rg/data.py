@@ -179,6 +179,9 @@ def _area_axis(x: torch.Tensor, axis: int, frame: int, n_out: int, offset: int, 
     # a few inputs, so a dense product would mostly multiply zeros).
     ch = _CHUNK[axis]
     blocks = [(0, m)] if n_in <= 2 * ch else [(r, min(m, r + ch)) for r in range(0, m, ch)]
+    x = x.contiguous()
+    if axis == 2:  # rows of x times each block's weights, straight into the block's columns of out
+        x2, o2 = x.view(-1, n_in), out.view(-1, m)
     for r0, r1 in blocks:
         c0, c1 = int(sc[r0:r1].min()), int(ec[r0:r1].max())
         dst = out.narrow(axis, r0, r1 - r0)
@@ -188,15 +191,13 @@ def _area_axis(x: torch.Tensor, axis: int, frame: int, n_out: int, offset: int, 
         j = np.arange(c0, c1)
         w = ((j[None, :] >= sc[r0:r1, None]) & (j[None, :] < ec[r0:r1, None])) * inv[r0:r1, None]
         w = torch.from_numpy(w).to(x.dtype)
-        xs = x.narrow(axis, c0, c1 - c0)
+        # Strided views in and out are BLAS-compatible (unit stride along rows): no copies.
         if axis == 0:
-            torch.matmul(w, xs.reshape(c1 - c0, -1), out=dst.view(r1 - r0, -1))
-        elif len(blocks) > 1:
-            dst.copy_(torch.matmul(w, xs) if axis == 1 else torch.matmul(xs, w.T))
+            torch.mm(w, x[c0:c1].view(c1 - c0, -1), out=dst.view(r1 - r0, -1))
         elif axis == 1:
-            torch.matmul(w, xs, out=dst)
+            torch.bmm(w.expand(x.shape[0], -1, -1), x[:, c0:c1], out=dst)
         else:
-            torch.matmul(xs, w.T, out=dst)
+            torch.mm(x2[:, c0:c1], w.T, out=o2[:, r0:r1])
     return out
 
 
