@@ -422,6 +422,8 @@ def geometry_from_counts(counts, out_start, frame: Sequence[int], size_zyx,
     z, y, x = out_start
     dz, dy, dx = counts.shape
     dst = out[z:z + dz, y:y + dy, x:x + dx]
+    if counts.dtype == np.uint16:  # torch has few uint16 kernels
+        counts = counts.astype(np.int32)
     dst.copy_(torch.from_numpy(counts))  # integers: exact in float32
     if volume is None:
         _divide_by_volume_(dst, frame, size_zyx, out_start)

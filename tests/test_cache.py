@@ -76,11 +76,15 @@ def scans(tmp_path_factory):
     ("totalseg", SIZE, "sums"),
     ("cip", SIZE, "sums"),
     ("cip", (96, 96, 48), "ct"),  # a model input larger than the scan: the cache keeps the body crop instead
+    ("totalseg", (8, 8, 4), "sums"),  # windows of thousands of voxels: uint16 counts, int32 sums
 ])
 def test_cached_inputs_equal_the_direct_transform_and_the_authors_way(scans, name, size, global_from, tmp_path):
     s = scans[name]
     meta = cache_scan(s["volume"], s["mask"], tmp_path / f"{name}.safetensors", input_size=size)
     assert meta["global"]["from"] == global_from
+    if size == (8, 8, 4):
+        assert meta["global"]["dtype"] == "int32"
+        assert {r["geometry"]["dtype"] for r in meta["regions"] if r["geometry"]} == {"uint16"}
     scan = read_cache(tmp_path / f"{name}.safetensors")
     assert scan.meta == meta and scan.input_size == size
     regions = sorted(s["masks"])
