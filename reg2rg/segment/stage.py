@@ -106,7 +106,8 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
     for inv in inventory.itertuples():
         st = prepared.get(inv.case_id)
         if st is None or st[0] != "ok":
-            skipped.append({"case_id": inv.case_id, "status": "skipped" if st is None or st[0] == "skipped" else "error",
+            skipped.append({"case_id": inv.case_id,
+                            "status": "skipped" if st is None or st[0] == "skipped" else "error",
                             "reason": "not prepared for SAT" if st is None else st[1]})
             continue
         jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "sat_dir": Path(sat_dir),

@@ -81,7 +81,8 @@ class LLMSettings:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(cfg) - known - {"serve"})
         if unknown:
-            raise ConfigError(f"splitter llm: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"splitter llm: unknown setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
         return cls(**{k: v for k, v in cfg.items() if k in known})
 
 
@@ -250,6 +251,7 @@ class LLMSplitter:
                  self.settings.concurrency)
         bar = tqdm(total=len(todo), desc="split reports", unit="report", disable=not progress or not todo)
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency)
+        pending: dict = {}
         try:
             pending = {pool.submit(self.split_one, report): report for report in todo}
             while pending:
@@ -266,7 +268,10 @@ class LLMSplitter:
                             on_result(i, rec)
                     bar.update(1)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # stopped early: what was in flight still finishes...
+            for fut in pending:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self.cache.put(fut.result().key, fut.result().to_json())  # ...and is kept
             bar.close()
         return out  # type: ignore[return-value]
 

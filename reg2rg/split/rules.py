@@ -47,7 +47,8 @@ _PATTERNS: dict[str, list[tuple[str, int]]] = {
     "abdomen": [
         (r"abdom", 3), (r"liver|hepat", 3), (r"splen|spleen", 3), (r"pancrea", 3), (r"kidney|renal", 3),
         (r"adrenal", 3), (r"gall ?bladder|bile|biliary|cholecyst", 3), (r"stomach|gastric", 2),
-        (r"bowel|colon|intestin|ileal|ileum|jejun", 3), (r"cholelith|urinary bladder|\bbladder\b", 3), (r"ascites", 3), (r"\bportal\b", 2),
+        (r"bowel|colon|intestin|ileal|ileum|jejun", 3), (r"cholelith|urinary bladder|\bbladder\b", 3),
+        (r"ascites", 3), (r"\bportal\b", 2),
     ],
     "bone": [
         (r"\bbon(e|es|y)\b|osseous", 3), (r"vertebr", 3), (r"\bribs?\b", 3), (r"stern(um|al|otomy)", 3),
