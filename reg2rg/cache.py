@@ -213,7 +213,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
     if not out_path.name.endswith(".safetensors"):
         raise ValueError(f"cache_scan: out_path must end in .safetensors, got {out_path}")
     input_size = [int(v) for v in input_size]
-    size = size_zyx(input_size)
+    size_zyx(input_size)  # validates
     side_path = sidecar_path(out_path)
     meta = _up_to_date(out_path, side_path, volume_path, mask_path, input_size)
     if meta is not None:
