@@ -62,6 +62,18 @@ def _empty(shape) -> torch.Tensor:
     return torch.from_numpy(np.empty(shape, dtype=np.float32))
 
 
+def _in_worker() -> bool:
+    return torch.utils.data.get_worker_info() is not None
+
+
+def _shared(shape) -> torch.Tensor:
+    """A float32 tensor in fresh shared memory (zero-filled, as new shared memory always is): a DataLoader
+    worker hands it to the main process without copying it."""
+    n = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(n * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(tuple(shape))
+
+
 class Scratch:
     """Reusable float32 buffers for the intermediate arrays of the resize passes (one per slot, grown on
     demand), so that a loader does not fault in fresh pages for them at every sample. Not thread-safe: one
@@ -492,16 +504,20 @@ class Reg2RGDataset(torch.utils.data.Dataset):
 
     shuffle_regions: permute the regions of each item at random (torch's RNG, so DataLoader workers differ);
     the RRA target's region order must then follow `regions` (the prompt builder does that).
+    torch_threads: torch's intra-op threads while an item is made (restored after; None: leave them). The
+    loader's many small operations gain little from threads and lose a lot when another process keeps a core
+    busy (every parallel region waits for a descheduled thread); DataLoader workers run with 1 anyway.
     """
 
     def __init__(self, manifest_df, cache_dir, input_size, split: str | None = None, text: bool = True,
-                 lfd: bool = True, shuffle_regions: bool = False):
+                 lfd: bool = True, shuffle_regions: bool = False, torch_threads: int | None = 1):
         from reg2rg.errors import InputError
 
         self.cache_dir = Path(cache_dir)
         self.size = size_zyx(input_size)
         self.input_size = tuple(int(v) for v in input_size)
         self.text, self.lfd, self.shuffle_regions = bool(text), bool(lfd), bool(shuffle_regions)
+        self.torch_threads = torch_threads
         self._scratch: Scratch | None = None  # made in the process that loads (each DataLoader worker)
         df = manifest_df
         if split is not None:
@@ -555,7 +571,15 @@ class Reg2RGDataset(torch.utils.data.Dataset):
             regions = [regions[i] for i in torch.randperm(len(regions)).tolist()]
         if self._scratch is None:
             self._scratch = Scratch()
-        return scan_inputs(scan, regions, lfd=self.lfd, scratch=self._scratch) | {
+        before = torch.get_num_threads()
+        if self.torch_threads and self.torch_threads != before:
+            torch.set_num_threads(self.torch_threads)
+        try:
+            visual = scan_inputs(scan, regions, lfd=self.lfd, scratch=self._scratch)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+        return visual | {
             "case_id": s["case_id"],
             "regions": regions,
             "region_texts": [s["texts"][i] for i in regions],
@@ -570,10 +594,13 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
     reuses the intermediate buffers across calls."""
     size = size_zyx(scan.input_size)
     frame = scan.frame_shape
-    glob = _empty((1,) + size)
-    texture = _empty((len(regions), 1) + size)
-    # calloc'd: the pages that no region's block touches are never written here
-    geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
+    if _in_worker():  # born in shared memory: the batch travels to the main process without a copy
+        glob, texture, geometry = (_shared(s) for s in ((1,) + size, (len(regions), 1) + size, (len(regions), 1) + size))
+    else:
+        glob = _empty((1,) + size)
+        texture = _empty((len(regions), 1) + size)
+        # calloc'd: the pages that no region's block touches are never written here
+        geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
     volume = window_volume(frame, size)
     if scan.global_sums is not None:
         global_from_sums(scan.global_sums, frame, size, out=glob[0], volume=volume)
@@ -598,9 +625,12 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat along dim 0; inside a DataLoader worker straight into shared memory, as torch's default
-    collate does, so the batch is not copied once more on its way to the main process."""
+    collate does, so the batch is not copied once more on its way to the main process. A batch of one item
+    is its tensor itself (no copy of the 350 MB a paper-size sample holds)."""
+    if len(tensors) == 1 and (tensors[0].is_shared() or not _in_worker()):
+        return tensors[0]
     out = None
-    if torch.utils.data.get_worker_info() is not None:
+    if _in_worker():
         first = tensors[0]
         shape = (sum(t.shape[0] for t in tensors),) + tuple(first.shape[1:])
         storage = first._typed_storage()._new_shared(int(np.prod(shape)), device=first.device)

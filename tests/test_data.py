@@ -199,7 +199,9 @@ def test_dataset_leaves_out_regions_without_text_or_with_empty_mask(cached):
     assert item["texture"].shape == item["geometry"].shape == (1, 1, z, y, x)
 
     test = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
+    threads = torch.get_num_threads()
     item = test[0]
+    assert torch.get_num_threads() == threads  # the loader's single thread is restored
     assert item["regions"] == [BONE, MEDIASTINUM]  # every region with a mask inside the body, texts or not
     assert item["region_texts"] == [None, "Aortic arch calcification."]
     assert item["texture"].shape[0] == 2
@@ -279,6 +281,7 @@ def test_collate_in_a_dataloader_worker_uses_shared_memory(cached):
     ds = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_visual)
     batch = next(iter(loader))
+    assert batch["texture"].is_shared()  # made in shared memory by the worker, not copied there
     direct = collate_visual([ds[0]])
     for key in ("global", "texture", "geometry"):
         assert torch.equal(batch[key], direct[key])
