@@ -651,7 +651,8 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
         report         list[str | None]
     `tokenize(items) -> dict of tensors` (the prompt builder: input_ids, attention_mask, labels padded to the
     longest sample of the batch, e.g. with `pad_to_longest`) is merged in; its keys must not clash.
-    layout="xyz" permutes the spatial axes to [..., X, Y, Z] for a model that reads that order."""
+    layout="xyz" permutes the spatial axes to [..., X, Y, Z] for a model that reads that order: a permuted
+    VIEW, not a copy (a paper-size sample is ~350 MB; let the device transfer or the model make it contiguous)."""
     if not items:
         raise ValueError("collate_visual: empty batch")
     if layout not in ("zyx", "xyz"):
@@ -668,7 +669,7 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
     }
     if layout == "xyz":
         for k in ("global", "texture", "geometry"):
-            out[k] = out[k].permute(0, 1, 4, 3, 2).contiguous()
+            out[k] = out[k].permute(0, 1, 4, 3, 2)
     if tokenize is not None:
         extra = tokenize(items)
         clash = set(extra) & set(out)
