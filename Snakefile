@@ -1,4 +1,4 @@
-# reg2rg: chest CT scans -> region masks -> region reports -> manifests (-> Reg2RG training and evaluation).
+# reg2rg: chest CT scans -> region masks -> region reports -> manifests -> cache -> Reg2RG training -> generation.
 # The stages live in workflow/rules/, one file each; helpers in workflow/rules/common.smk.
 from snakemake.utils import min_version, validate
 
@@ -17,6 +17,9 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/reports.smk"
 include: "workflow/rules/manifest.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
 
 
 rule all:

@@ -104,7 +104,32 @@ def _add_split_reports(sub):
     p.set_defaults(run=_call("reg2rg.split.table:cli"))
 
 
-COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports]
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="generate reports for a manifest's scans with a trained Reg2RG model")
+    p.add_argument("--model", required=True, help="trained model folder (results/{dataset}/model)")
+    p.add_argument("--manifest", required=True, help="manifest Parquet (results/{dataset}/manifest/test.parquet)")
+    p.add_argument("--out", required=True, help="predictions Parquet to write")
+    p.add_argument("--cache", help="the cache stage's folder (default: cache/ beside the manifest's folder)")
+    p.add_argument("--dataset", help="data set name recorded in the output (default: the model's)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--limit", type=int, help="only the first N scans")
+    p.add_argument("--batch-size", type=int, help="scans per generate call (default 4)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers reading the cache (default 0)")
+    p.add_argument("--max-new-tokens", type=int, help="default 512")
+    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample instead of greedy decoding (default: greedy)")
+    p.add_argument("--num-beams", type=int, help="default 1")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sampling top-k (default 0: off)")
+    p.add_argument("--top-p", type=float, help="sampling top-p (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, help="default 1.0")
+    p.add_argument("--seed", type=int, help="seed of sampling and of --shuffle-regions (default 0)")
+    p.add_argument("--shuffle-regions", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompt the regions in a seeded random order (default: REGIONS order)")
+    p.set_defaults(run=_call("reg2rg.generate:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate]
 
 
 def build_parser() -> argparse.ArgumentParser:

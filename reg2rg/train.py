@@ -1,0 +1,947 @@
+"""Training: `accelerate launch [--config_file config/accelerate/...] -m reg2rg.train ...`.
+
+One loop for every setting, through Accelerate: one CPU process (config/accelerate/cpu.yaml), or one process
+per GPU with DeepSpeed ZeRO-2 (config/accelerate/zero2.yaml + config/deepspeed/zero2.json; ZeRO-2 also runs
+on the CPU, over gloo). See docs/training.md.
+
+Data. The training scans come from a map-style dataset whose items are `reg2rg.data.Reg2RGDataset` items
+(`global` [1, Z, Y, X], `texture`/`geometry` [R, 1, Z, Y, X], `regions`, `region_texts`, `case_id`); any
+dataset with those keys plugs in (`train(..., dataset=...)`). A scan with no usable region never reaches the
+loop (the dataset leaves it out, and `train` refuses an item without one), so the mask encoder is used by every
+batch (DDP and ZeRO need every trained parameter to get a gradient).
+
+Order. The data stream is the epochs one after another: epoch e is the permutation of the scans drawn from
+(seed, e); it is cut into micro-batches of `per_device_batch_size` per process (the last one of an epoch filled
+from its start) and an optimizer step takes `gradient_accumulation` consecutive micro-batches. Micro-batch m
+draws its region order (the prompt's region numbering, so the RRA target) from (seed, m, process): a new
+order at every step, the same one when a run resumes. Batches are padded to their longest sample.
+
+Checkpoints. Every `checkpoint_every` steps (and at the end) `accelerator.save_state` writes
+`{work}/checkpoints/step_{N}` (trained weights only, optimizer, scheduler, RNG states, the step) via a
+`.partial` folder renamed when complete; a restarted run loads the latest one and continues with the same
+data order, region orders and random state: on the CPU it ends with the same weights as a run that was never
+stopped. `{work}/run.json` holds a fingerprint of the run's settings and data; checkpoints of other settings
+are removed rather than resumed.
+
+Output (main process, at the end only): `reg2rg.model.save_trained` (adapter/, modules.safetensors,
+tokenizer/, reg2rg_config.json, llm_base/ for a randomly initialised decoder) plus `run_config.json` (model,
+training, data set, processes, versions, git commit) and `train_log.jsonl` (step, epoch, loss, lr,
+samples_per_s); written to `{out}.partial` and renamed, so the folder exists only when complete.
+TensorBoard logs go to `{work}/tensorboard/`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from reg2rg.constants import REGIONS
+from reg2rg.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+RUN_FILE = "run.json"
+PROGRESS_FILE = "progress.json"
+TRAINABLE_FILE = "trainable.safetensors"
+LOG_FILE = "train_log.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+RANKS_DIR = "ranks"
+SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Settings that change the result; the others (checkpointing, logging, workers, resources) may change
+# between a run and its resumption.
+_RESULT_KEYS = ("epochs", "max_steps", "per_device_batch_size", "effective_batch_size", "learning_rate",
+                "weight_decay", "adam_betas", "adam_eps", "lr_scheduler", "warmup_steps", "max_grad_norm",
+                "mixed_precision", "gradient_checkpointing", "seed")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingConfig:
+    """The `training.<preset>` section of config/config.yaml (defaults: the paper's run)."""
+
+    epochs: int = 6
+    max_steps: int | None = None  # optimizer steps; None: epochs decide
+    per_device_batch_size: int = 1
+    effective_batch_size: int = 16  # per_device_batch_size x gradient accumulation x processes
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 20
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool | None = None  # None: the model preset's setting
+    seed: int = 42
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 4
+    # Keep loaded scans in memory (per DataLoader worker) up to this many MB: for small data sets such as the
+    # demo, whose every epoch would otherwise resize the same scans again. 0: off.
+    memory_cache_mb: int = 0
+    resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow (gpu, mem_mb, runtime)
+
+    def __post_init__(self):
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        for name in ("epochs", "per_device_batch_size", "effective_batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"training.{name}: must be at least 1, got {getattr(self, name)!r}")
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise ConfigError(f"training.max_steps: must be null or at least 1, got {self.max_steps!r}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ConfigError(f"training.lr_scheduler: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"training.mixed_precision: {self.mixed_precision!r} is not one of "
+                              f"{', '.join(MIXED_PRECISION)}")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"training.adam_betas: expected two numbers, got {self.adam_betas!r}")
+        if self.effective_batch_size % self.per_device_batch_size:
+            raise ConfigError(f"training.effective_batch_size {self.effective_batch_size} is not a multiple of "
+                              f"per_device_batch_size {self.per_device_batch_size}")
+
+    def gradient_accumulation(self, processes: int) -> int:
+        """Micro-batches per optimizer step so that the effective batch holds on `processes` processes."""
+        per_step = self.per_device_batch_size * processes
+        if self.effective_batch_size % per_step:
+            raise ConfigError(
+                f"training.effective_batch_size {self.effective_batch_size} is not a multiple of "
+                f"per_device_batch_size {self.per_device_batch_size} x {processes} processes: change the number "
+                "of GPUs or the batch settings")
+        return self.effective_batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "TrainingConfig":
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ConfigError(f"training: {err}") from err
+
+
+def read_workflow_config(path=None) -> dict:
+    """config/config.yaml (or `path`) as a mapping."""
+    import yaml
+
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the workflow config: {err}") from err
+
+
+def load_training(name: str, path=None) -> TrainingConfig:
+    """`training.<name>` of config/config.yaml (or `path`)."""
+    data = read_workflow_config(path).get("training") or {}
+    if name not in data:
+        raise ConfigError(f"{path or 'config/config.yaml'}: no training settings {name!r}; "
+                          f"have {', '.join(sorted(data))}")
+    return TrainingConfig.from_dict(data[name])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tiny tokenizer (its own workflow step: results/{dataset}/tokenizer/)
+# --------------------------------------------------------------------------------------------------------------
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def training_texts(manifest_df) -> list[str]:
+    """The texts a tokenizer may learn from: the region texts and whole reports of the included training
+    scans (never a test report)."""
+    df = manifest_df[(manifest_df["status"] == "included") & (manifest_df["split"] == "train")]
+    texts = []
+    for row in df.to_dict("records"):
+        texts += [t for t in (_text(v) for v in list(row["region_texts"])) if t]
+        if _text(row.get("report")):
+            texts.append(_text(row["report"]))
+    return texts
+
+
+def train_tokenizer(manifest_path, vocab_size: int, out_dir):
+    """Train the tiny byte-level BPE on a training manifest's reports, into `out_dir`."""
+    from reg2rg.manifest import read_manifest
+    from reg2rg.model import train_tiny_tokenizer
+
+    texts = training_texts(read_manifest(manifest_path))
+    if not texts:
+        raise InputError(manifest_path, "no included training scan with a report: nothing to train a tokenizer on")
+    log.info("training a %d-token tokenizer on %d texts of %s", vocab_size, len(texts), manifest_path)
+    return train_tiny_tokenizer(texts, vocab_size, out_dir)
+
+
+def resolve_tokenizer(model_config, tokenizer_dir=None):
+    """The tokenizer of a run: `tokenizer_dir` (the workflow's trained one), else the config's tokenizer_path,
+    else the LLM folder's."""
+    from reg2rg.model import load_tokenizer
+
+    path = tokenizer_dir or model_config.tokenizer_path or model_config.llm.path
+    if path is None:
+        raise ConfigError("no tokenizer: this preset has neither tokenizer_path nor llm.path; train one with the "
+                          "workflow's tokenizer rule (reg2rg.train.train_tokenizer) and pass --tokenizer")
+    return load_tokenizer(path)
+
+
+def needs_trained_tokenizer(preset: dict) -> bool:
+    """True for a preset whose tokenizer the workflow trains (no tokenizer_path and no pretrained LLM)."""
+    return not preset.get("tokenizer_path") and not (preset.get("llm") or {}).get("path")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batches (shared with reg2rg.generate)
+# --------------------------------------------------------------------------------------------------------------
+
+def permute_regions(item: dict, order: Sequence[int]) -> dict:
+    """A dataset item with its regions (and their inputs and texts) in `order` (positions into item["regions"])."""
+    import torch
+
+    order = [int(k) for k in order]
+    idx = torch.as_tensor(order, dtype=torch.long)
+    out = dict(item)
+    out["regions"] = [int(item["regions"][k]) for k in order]
+    out["region_texts"] = [item["region_texts"][k] for k in order]
+    for key in ("texture", "geometry"):
+        if key in item and item[key] is not None:
+            out[key] = item[key].index_select(0, idx)
+    return out
+
+
+def shuffle_regions(item: dict, rng) -> dict:
+    """The item with its regions in a random order drawn from `rng` (a numpy Generator)."""
+    return permute_regions(item, rng.permutation(len(item["regions"])))
+
+
+def tokenize_items(items: list[dict], tokenizer, config, *, with_target: bool, padding_side: str) -> dict:
+    """Prompts (and RRA targets) for items whose regions are already in prompt order: input_ids,
+    attention_mask, labels padded to the longest sample, and the area names in prompt order."""
+    from reg2rg.prompt import build_example, pad_examples
+
+    examples = []
+    for it in items:
+        pairs = [(REGIONS[int(r)], t if t is not None else "") for r, t in zip(it["regions"], it["region_texts"])]
+        examples.append(build_example(tokenizer, pairs, config, None, with_target=with_target))
+    batch = pad_examples(examples, tokenizer.pad_token_id, padding_side=padding_side)
+    batch["areas"] = [e.areas for e in examples]
+    batch["target"] = [e.target for e in examples]
+    return batch
+
+
+def make_batch(items: list[dict], tokenizer, config, *, rng=None, with_target: bool = True,
+               padding_side: str = "right") -> dict:
+    """Items -> one model batch: regions shuffled with `rng` (None: kept in the items' order), prompts padded to
+    the longest sample, visual inputs concatenated region by region in prompt order, spatial axes [X, Y, Z].
+
+    Keys: everything of `reg2rg.data.collate_visual` (global, texture, geometry, region_counts, regions, ...)
+    plus input_ids, attention_mask, labels, areas, target. `model_inputs` picks the model's arguments."""
+    from reg2rg.data import collate_visual
+
+    for it in items:
+        if not len(it["regions"]):
+            raise InputError(it.get("case_id", "?"), "a sample without regions reached the batch (the dataset must "
+                             "leave scans without a usable region out)")
+    if rng is not None:
+        items = [shuffle_regions(it, rng) for it in items]
+
+    def tokenize(its):
+        return tokenize_items(its, tokenizer, config, with_target=with_target, padding_side=padding_side)
+
+    return collate_visual(items, tokenize=tokenize, layout="xyz")
+
+
+def model_inputs(batch: dict, device, *, labels: bool = True, dtype=None) -> dict:
+    """The Reg2RGModel arguments of a `make_batch` batch, on `device`."""
+    vol = dict(device=device, dtype=dtype) if dtype is not None else dict(device=device)
+    out = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": batch["attention_mask"].to(device),
+        "global_volume": batch["global"].to(**vol),
+        "region_crops": batch["texture"].to(**vol),
+        "region_masks": batch["geometry"].to(**vol),
+        "region_counts": batch["region_counts"].to(device),
+    }
+    if labels:
+        out["labels"] = batch["labels"].to(device)
+    return out
+
+
+class StreamSampler:
+    """Batch sampler over the epochs one after another, for one process: yields lists of (m, index) with m the
+    micro-batch number of the stream, starting at micro-batch `start`.
+
+    Epoch e: the permutation of range(n) from numpy's Generator seeded (seed, e), extended from its start to a
+    multiple of batch_size x processes; micro-batch b of the epoch on process p holds the positions
+    [(b * processes + p) * batch_size, ... + batch_size)."""
+
+    def __init__(self, n: int, batch_size: int, processes: int, rank: int, seed: int, start: int = 0,
+                 stop: int | None = None):
+        if n < 1:
+            raise ValueError("StreamSampler: no sample to draw from")
+        self.n, self.batch_size, self.processes, self.rank = n, batch_size, processes, rank
+        self.seed, self.start, self.stop = seed, start, stop
+        self.per_epoch = math.ceil(n / (batch_size * processes))
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        import numpy as np
+
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n).tolist()
+        total = self.per_epoch * self.batch_size * self.processes
+        return [perm[i % self.n] for i in range(total)]
+
+    def batch(self, m: int) -> list[int]:
+        epoch, b = divmod(m, self.per_epoch)
+        order = self.epoch_order(epoch)
+        first = (b * self.processes + self.rank) * self.batch_size
+        return order[first:first + self.batch_size]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        m = self.start
+        epoch, cached = None, None
+        while self.stop is None or m < self.stop:
+            e, b = divmod(m, self.per_epoch)
+            if e != epoch:
+                epoch, cached = e, self.epoch_order(e)
+            first = (b * self.processes + self.rank) * self.batch_size
+            yield [(m, i) for i in cached[first:first + self.batch_size]]
+            m += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an endless StreamSampler has no length")
+        return max(0, self.stop - self.start)
+
+
+class MemoryCache:
+    """Dataset wrapper keeping the items it has loaded, up to `max_mb` of tensors (items must not be changed in
+    place by their users; make_batch never does)."""
+
+    def __init__(self, dataset, max_mb: int):
+        self.dataset, self.max_bytes = dataset, int(max_mb) * 2**20
+        self.items: dict[int, dict] = {}
+        self.bytes = 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.items.get(i)
+        if item is None:
+            item = self.dataset[i]
+            size = sum(v.numel() * v.element_size() for v in item.values() if hasattr(v, "element_size"))
+            if self.bytes + size <= self.max_bytes:
+                self.items[i] = item
+                self.bytes += size
+        return item
+
+
+class _Keyed(object):
+    """Dataset wrapper: item (m, i) -> (m, dataset[i])."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key):
+        m, i = key
+        return m, self.dataset[i]
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+class TrainCollate:
+    """collate_fn of the training DataLoader (picklable for workers): region order from (seed, m, rank)."""
+
+    def __init__(self, tokenizer, config, seed: int, rank: int):
+        self.tokenizer, self.config, self.seed, self.rank = tokenizer, config, seed, rank
+
+    def __call__(self, keyed: list[tuple[int, dict]]) -> dict:
+        import numpy as np
+
+        m = keyed[0][0]
+        rng = np.random.default_rng([self.seed, m, self.rank, 1])
+        batch = make_batch([it for _, it in keyed], self.tokenizer, self.config, rng=rng)
+        batch["micro_batch"] = m
+        return batch
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run bookkeeping
+# --------------------------------------------------------------------------------------------------------------
+
+def _sha256_json(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit() -> dict:
+    """{"commit", "dirty"} of the repository holding this package (None values outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=30).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("reg2rg", "torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def checkpoint_steps(work_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints under {work}/checkpoints, oldest first."""
+    folder = Path(work_dir) / CHECKPOINTS_DIR
+    out = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit() and (p / PROGRESS_FILE).is_file():
+                out.append((int(p.name[5:]), p))
+    return sorted(out)
+
+
+def latest_checkpoint(work_dir) -> Path | None:
+    steps = checkpoint_steps(work_dir)
+    return steps[-1][1] if steps else None
+
+
+def _fingerprint(model_config, training: TrainingConfig, case_ids: list[str], tokenizer, processes: int) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return _sha256_json({
+        "model": model_config.to_dict(),
+        "training": {k: training.to_dict()[k] for k in _RESULT_KEYS},
+        "cases": list(case_ids),
+        "tokenizer": _sha256_json(vocab),
+        "processes": processes,
+    })
+
+
+def _case_ids(dataset) -> list[str]:
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and all(isinstance(s, dict) and "case_id" in s for s in samples):
+        return [s["case_id"] for s in samples]
+    return [str(dataset[i]["case_id"]) for i in range(len(dataset))]
+
+
+def _prepare_work_dir(work: Path, fingerprint: str, is_main: bool) -> None:
+    """Keep checkpoints of this run; remove those of a run with other settings or data."""
+    run_file = work / RUN_FILE
+    if not is_main:
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    old = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
+    if old != fingerprint:
+        stale = work / CHECKPOINTS_DIR
+        if stale.exists() and any(stale.iterdir()):
+            log.warning("%s: checkpoints of a run with other settings or data: removed, training starts afresh",
+                        stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        (work / LOG_FILE).unlink(missing_ok=True)
+        shutil.rmtree(work / RANKS_DIR, ignore_errors=True)
+    run_file.write_text(json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (a resumed run writes them again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _flat_hparams(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = json.dumps(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Accelerate and DeepSpeed
+# --------------------------------------------------------------------------------------------------------------
+
+def _uses_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def _make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
+
+    handlers = []
+    if _uses_deepspeed() and not torch.cuda.is_available():
+        # DeepSpeed on the CPU: without a backend Accelerate would see a 1-process run (it only knows the GPU
+        # backends); DeepSpeed's CPU accelerator names its own (gloo, or ccl with oneCCL installed).
+        from deepspeed.accelerator import get_accelerator
+
+        handlers.append(InitProcessGroupKwargs(backend=get_accelerator().communication_backend_name()))
+    return Accelerator(
+        mixed_precision=training.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accumulation, sync_with_dataloader=False,
+                                                                adjust_scheduler=False),
+        step_scheduler_with_optimizer=False,  # stepped once per optimizer step here: warm-up counts updates
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(work), logging_dir=str(work / "tensorboard")),
+        kwargs_handlers=handlers,
+    )
+
+
+def _fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: int) -> None:
+    """The batch and clipping values of the DeepSpeed config come from the training settings ("auto" in
+    config/deepspeed/zero2.json); explicit values there must agree with them."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    want = {
+        "train_micro_batch_size_per_gpu": training.per_device_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": training.per_device_batch_size * accumulation * accelerator.num_processes,
+        "gradient_clipping": float(training.max_grad_norm or 0.0),
+    }
+    for key, value in want.items():
+        have = ds.get(key, "auto")
+        if have == "auto":
+            ds[key] = value
+        elif float(have) != float(value):
+            raise ConfigError(f"DeepSpeed config: {key} is {have}, the training settings give {value}: set it to "
+                              "\"auto\" in config/deepspeed/zero2.json")
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        if (ds.get("zero_optimization") or {}).get(key) == "auto":
+            raise ConfigError(f"DeepSpeed config: zero_optimization.{key} is \"auto\", which Accelerate derives from "
+                              "model.config.hidden_size; Reg2RG's config has none: give a number")
+
+
+def _trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _register_checkpoint_hooks(accelerator, unwrapped) -> None:
+    """Without DeepSpeed, checkpoints hold the trained weights only (never the frozen 7B decoder)."""
+    from safetensors.torch import load_file, save_file
+
+    names = _trainable_names(unwrapped)
+
+    def save_hook(models, weights, output_dir):
+        if weights:
+            state = unwrapped.state_dict()
+            save_file({k: state[k].detach().cpu().contiguous() for k in sorted(names)},
+                      str(Path(output_dir) / TRAINABLE_FILE))
+            weights.clear()
+
+    def load_hook(models, input_dir):
+        if models:
+            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+            if set(state) != names:
+                raise InputError(input_dir, "checkpoint weights do not match the model's trained parameters")
+            unwrapped.load_state_dict(state, strict=False)
+            models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _save_checkpoint(accelerator, work: Path, step: int, progress: dict, keep: int) -> None:
+    folder = work / CHECKPOINTS_DIR
+    final = folder / f"step_{step}"
+    partial = folder / f"step_{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    kwargs = {"exclude_frozen_parameters": True} if _uses_deepspeed() else {}
+    accelerator.save_state(str(partial), **kwargs)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / PROGRESS_FILE).write_text(json.dumps(progress, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for _, old in checkpoint_steps(work)[:-max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s", final)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator, path: Path) -> dict:
+    kwargs = {"load_module_strict": False} if _uses_deepspeed() else {}
+    accelerator.load_state(str(path), **kwargs)
+    return json.loads((path / PROGRESS_FILE).read_text())
+
+
+def _weights_digest(model) -> str:
+    """sha256 over the trained parameters (name, dtype, bytes): equal on every rank when the replicas agree."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            t = p.detach().float().cpu().contiguous()
+            h.update(name.encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_rank_report(accelerator, work: Path, model) -> dict:
+    """{work}/ranks/rank_{r}.json: this process's view of the group, an all_reduce over it, and a digest of its
+    trained weights, so that a run can show its processes formed one group and ended with the same weights."""
+    import torch
+
+    value = torch.tensor([float(accelerator.process_index + 1)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value)
+        backend = dist.get_backend()
+    else:
+        backend = None
+    report = {"rank": accelerator.process_index, "local_rank": accelerator.local_process_index,
+              "world_size": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
+              "backend": backend, "all_reduce_sum_of_rank_plus_1": float(value.item()),
+              "weights_sha256": _weights_digest(model), "device": str(accelerator.device)}
+    folder = work / RANKS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank_{accelerator.process_index}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+def total_steps(training: TrainingConfig, n_samples: int, processes: int, accumulation: int) -> int:
+    if training.max_steps:
+        return int(training.max_steps)
+    per_epoch = math.ceil(n_samples / (training.per_device_batch_size * processes))
+    return max(1, (training.epochs * per_epoch) // accumulation)
+
+
+def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_dir, out_dir,
+          run_info: dict | None = None, max_steps_this_run: int | None = None) -> Path | None:
+    """Train a Reg2RG model on `dataset` (items as reg2rg.data.Reg2RGDataset's) and write it to `out_dir`.
+
+    Resumes from the latest checkpoint in `work_dir` when one of the same run exists. `max_steps_this_run`
+    stops the run after that many optimizer steps, as a killed run would (no checkpoint beyond the regular
+    ones, no output): for tests and for splitting a run over several jobs. Returns `out_dir`, or None when
+    stopped early. Every process calls this; the output is written by the main process.
+    """
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from reg2rg.model import build_model
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers tokenize
+    work, out = Path(work_dir), Path(out_dir)
+    if training.gradient_checkpointing is not None:
+        model_config = model_config.replace(gradient_checkpointing=bool(training.gradient_checkpointing))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = training.gradient_accumulation(processes)
+    accelerator = _make_accelerator(training, work, accumulation)
+    if accelerator.num_processes != processes:
+        raise ConfigError(f"WORLD_SIZE says {processes} processes, Accelerate runs {accelerator.num_processes}")
+    rank, is_main = accelerator.process_index, accelerator.is_main_process
+    n = len(dataset)
+    if n == 0:
+        raise InputError(getattr(dataset, "cache_dir", "dataset"), "no training scan with a usable region")
+    steps = total_steps(training, n, processes, accumulation)
+    fingerprint = _fingerprint(model_config, training, _case_ids(dataset), tokenizer, processes)
+    _prepare_work_dir(work, fingerprint, is_main)
+    accelerator.wait_for_everyone()
+
+    set_seed(training.seed)
+    model = build_model(model_config, tokenizer)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, betas=training.adam_betas,
+                                  eps=training.adam_eps, weight_decay=training.weight_decay)
+    scheduler = get_scheduler(training.lr_scheduler, optimizer, num_warmup_steps=training.warmup_steps,
+                              num_training_steps=steps)
+    _fill_deepspeed_config(accelerator, training, accumulation)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    if not _uses_deepspeed():
+        _register_checkpoint_hooks(accelerator, unwrapped)
+    n_trained = sum(p.numel() for p in params)
+    log.info("process %d of %d (%s, %s): %d scans, %d steps of %d samples (%d per device x %d accumulation x %d "
+             "processes), %d trained parameters", rank, processes, accelerator.distributed_type, accelerator.device,
+             n, steps, training.per_device_batch_size * accumulation * processes, training.per_device_batch_size,
+             accumulation, processes, n_trained)
+
+    start_step = 0
+    ckpt = latest_checkpoint(work)
+    if ckpt is not None:
+        progress = _load_checkpoint(accelerator, ckpt)
+        start_step = int(progress["step"])
+        log.info("resumed from %s (step %d of %d)", ckpt, start_step, steps)
+    log_path = work / LOG_FILE
+    if is_main:
+        _truncate_log(log_path, start_step)
+
+    hparams = {"model": model_config.to_dict(), "training": {k: v for k, v in training.to_dict().items()
+                                                              if k != "resources"},
+               "processes": processes, "gradient_accumulation": accumulation, **(run_info or {})}
+    accelerator.init_trackers("train", config=_flat_hparams(hparams))
+
+    sampler = StreamSampler(n, training.per_device_batch_size, processes, rank, training.seed,
+                            start=start_step * accumulation, stop=steps * accumulation)
+    source = MemoryCache(dataset, training.memory_cache_mb) if training.memory_cache_mb > 0 else dataset
+    loader = torch.utils.data.DataLoader(
+        _Keyed(source), batch_sampler=sampler, collate_fn=TrainCollate(tokenizer, model_config, training.seed, rank),
+        num_workers=training.num_workers, generator=torch.Generator().manual_seed(training.seed),
+        persistent_workers=False, pin_memory=torch.cuda.is_available())
+    samples_per_step = training.per_device_batch_size * accumulation * processes
+    bar = tqdm(total=steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="train",
+               unit="step", dynamic_ncols=True, mininterval=1.0)
+    step, run_steps = start_step, 0
+    losses: list[float] = []
+    t_log, steps_since_log = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    stopped_early = False
+    if step < steps:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**model_inputs(batch, accelerator.device)).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and training.max_grad_norm and not _uses_deepspeed():
+                    accelerator.clip_grad_norm_(params, training.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach().float().item()))
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            run_steps += 1
+            steps_since_log += 1
+            step_loss = sum(losses) / len(losses)
+            losses = []
+            bar.update(1)
+            if step % training.log_every == 0 or step == steps:
+                mean_loss = accelerator.reduce(torch.tensor([step_loss], device=accelerator.device), "mean").item()
+                elapsed = time.perf_counter() - t_log
+                rate = steps_since_log * samples_per_step / elapsed if elapsed > 0 else float("nan")
+                lr = scheduler.get_last_lr()[0]
+                record = {"step": step, "epoch": (step * accumulation) // sampler.per_epoch, "loss": mean_loss,
+                          "lr": lr, "samples_per_s": rate}
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": rate}, step=step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rate:.2f}")
+                if is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    log.info("step %d/%d loss %.4f lr %.3g %.2f samples/s", step, steps, mean_loss, lr, rate)
+                t_log, steps_since_log = time.perf_counter(), 0
+            if step % training.checkpoint_every == 0 or step == steps:
+                _save_checkpoint(accelerator, work, step, {"step": step, "micro_batches": step * accumulation,
+                                                           "fingerprint": fingerprint}, training.keep_checkpoints)
+            if step >= steps:
+                break
+            if max_steps_this_run is not None and run_steps >= max_steps_this_run:
+                stopped_early = True
+                break
+    bar.close()
+    del loader
+    wall = time.perf_counter() - t_start
+    if stopped_early:
+        log.info("stopped after %d steps of this run (step %d of %d); run again to resume", run_steps, step, steps)
+        accelerator.end_training()
+        return None
+
+    accelerator.wait_for_everyone()
+    report = _write_rank_report(accelerator, work, unwrapped)
+    log.info("process %d: world size %d, all_reduce %.0f, weights %s", report["rank"], report["world_size"],
+             report["all_reduce_sum_of_rank_plus_1"], report["weights_sha256"][:16])
+    if is_main:
+        _write_output(unwrapped, tokenizer, out, work, {
+            **(run_info or {}),
+            "model": model_config.to_dict(),
+            "training": training.to_dict(),
+            "processes": processes,
+            "gradient_accumulation": accumulation,
+            "effective_batch_size": samples_per_step,
+            "steps": steps,
+            "distributed_type": str(accelerator.distributed_type),
+            "mixed_precision": accelerator.mixed_precision,
+            "train_cases": len(dataset),
+            "fingerprint": fingerprint,
+            "wall_time_s_last_run": wall,
+            "git": git_commit(),
+            "versions": versions(),
+        })
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def config_digest(run_config: dict) -> str:
+    """Short digest of a run's settings (model, training, data set, tokenizer, processes) for result tables."""
+    return run_config.get("fingerprint", _sha256_json(run_config))[:16]
+
+
+def _write_output(model, tokenizer, out: Path, work: Path, run_config: dict) -> None:
+    from reg2rg.model.build import CONFIG_FILE, save_trained
+
+    if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+        raise InputError(out, "exists and is not a trained model folder: not overwriting it")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.tokenizer = tokenizer
+    save_trained(model, partial)
+    run_config = dict(run_config, config_digest=run_config["fingerprint"][:16])
+    (partial / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+    if (work / LOG_FILE).is_file():
+        shutil.copyfile(work / LOG_FILE, partial / LOG_FILE)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    log.info("wrote %s", out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+def _parse_sets(pairs: Sequence[str]) -> tuple[dict, dict]:
+    """--set training.key=value / model.key=value (values in YAML) -> (training overrides, model overrides)."""
+    import yaml
+
+    training, model = {}, {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {pair!r}: expected training.KEY=VALUE or model.KEY=VALUE")
+        section, name = key.split(".", 1)
+        target = {"training": training, "model": model}.get(section)
+        if target is None:
+            raise ConfigError(f"--set {pair!r}: section must be 'training' or 'model'")
+        target[name.replace(".", "__")] = yaml.safe_load(value)
+    return training, model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reg2rg.train", description="Train a Reg2RG model (run it under "
+                                "`accelerate launch`; see docs/training.md).")
+    p.add_argument("--manifest", required=True, help="training manifest (results/{dataset}/manifest/train.parquet)")
+    p.add_argument("--cache", required=True, help="the cache stage's folder (results/{dataset}/cache), or its "
+                   "{split}.parquet")
+    p.add_argument("--work", required=True, help="work folder: checkpoints, TensorBoard logs, training log")
+    p.add_argument("--out", required=True, help="the trained model folder to write")
+    p.add_argument("--config", default=None, help="workflow config with presets: and training: "
+                   "(default: config/config.yaml)")
+    p.add_argument("--preset", default=None, help="model preset name in the config")
+    p.add_argument("--preset-json", default=None, help="the model preset mapping as JSON (instead of --preset)")
+    p.add_argument("--training", default=None, help="training settings name in the config (default: the preset's)")
+    p.add_argument("--training-json", default=None, help="the training mapping as JSON (instead of --training)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (the workflow's trained tiny tokenizer)")
+    p.add_argument("--dataset", default=None, help="data set name, recorded in the output")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. training.max_steps=20 or model.llm.dtype=float32 (repeatable)")
+    p.add_argument("--max-steps-this-run", type=int, default=None,
+                   help="stop after this many optimizer steps of this run, as if killed (then rerun to resume)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _cache_dir(path) -> Path:
+    p = Path(path)
+    return p.parent if p.suffix == ".parquet" else p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
+    for noisy in ("accelerate", "deepspeed", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from reg2rg.errors import Reg2RGError
+
+    try:
+        return _main(args)
+    except Reg2RGError as err:
+        logging.getLogger("reg2rg").error("%s", err)
+        return 2
+
+
+def _main(args) -> int:
+    from reg2rg.data import Reg2RGDataset
+    from reg2rg.manifest import read_manifest
+    from reg2rg.model.config import config_from_preset
+
+    cfg = read_workflow_config(args.config) if (args.preset or args.training or not args.training_json) else {}
+    if args.preset_json:
+        preset = json.loads(args.preset_json)
+    elif args.preset:
+        presets = cfg.get("presets") or {}
+        if args.preset not in presets:
+            raise ConfigError(f"no model preset {args.preset!r}; have {', '.join(sorted(presets))}")
+        preset = presets[args.preset]
+    else:
+        raise ConfigError("give --preset NAME or --preset-json")
+    training_sets, model_sets = _parse_sets(args.set)
+    if args.training_json:
+        training_map = json.loads(args.training_json)
+    else:
+        name = args.training or args.preset
+        if not name:
+            raise ConfigError("give --training NAME or --training-json with --preset-json")
+        training_map = (cfg.get("training") or {}).get(name)
+        if training_map is None:
+            raise ConfigError(f"no training settings {name!r} in the config")
+    training = TrainingConfig.from_dict({**training_map, **training_sets})
+    model_config = config_from_preset(preset, **model_sets)
+    tokenizer = resolve_tokenizer(model_config, args.tokenizer)
+    manifest = read_manifest(args.manifest)
+    dataset = Reg2RGDataset(manifest, _cache_dir(args.cache), model_config.input_size, split="train", text=True,
+                            lfd=model_config.use_lfd)
+    run_info = {"dataset": args.dataset, "preset": args.preset, "manifest": str(args.manifest),
+                "cache": str(args.cache), "tokenizer_source": str(args.tokenizer or model_config.tokenizer_path
+                                                                   or model_config.llm.path),
+                "skipped_cases": [list(s) for s in getattr(dataset, "skipped", [])]}
+    train(model_config, training, dataset=dataset, tokenizer=tokenizer, work_dir=args.work, out_dir=args.out,
+          run_info=run_info, max_steps_this_run=args.max_steps_this_run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Generation: batched = one at a time, the output table, decoding settings reach GenerationConfig and nothing is
+inherited from a generation_config.json beside the LLM, the CLI, the workflow's radgenome error."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from reg2rg.constants import REGIONS
+from reg2rg.generate import COLUMNS, GenerationSettings, generate_predictions, reference_text
+from reg2rg.model import load_trained
+from reg2rg.prompt import parse_rra
+from test_train import overfit_model, recognition
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return overfit_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return load_trained(trained[0])
+
+
+def _capture_generation_configs(model, monkeypatch) -> list:
+    seen = []
+    original = model.llm.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["generation_config"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    return seen
+
+
+def test_reference_text_skips_regions_without_text_and_falls_back_to_the_report():
+    from reg2rg.model import load_preset
+
+    cfg = load_preset("tiny")
+    item = {"regions": [5, 0, 3], "region_texts": ["Clear lungs.", None, " Normal. "], "report": "whole"}
+    assert reference_text(item, cfg) == "The region 1 is lung: Clear lungs. The region 3 is esophagus: Normal."
+    assert [p.index for p in parse_rra(reference_text(item, cfg))] == [1, 3]
+    assert reference_text({"regions": [1], "region_texts": [None], "report": "Whole report."}, cfg) == "Whole report."
+    assert reference_text(item, cfg.replace(use_rra=False)) == "Clear lungs. Normal."
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_one_at_a_time(model, trained):
+    _, ds = trained
+    lengths = {len(ds[i]["regions"]) for i in range(6)}
+    assert len(lengths) > 1  # prompts of different lengths: left padding is exercised
+    settings = dict(max_new_tokens=48, shuffle_regions=True, seed=3)
+    batched = generate_predictions(model, torch.utils.data.Subset(ds, range(6)),
+                                   GenerationSettings(batch_size=6, **settings), progress=False)
+    single = generate_predictions(model, torch.utils.data.Subset(ds, range(6)),
+                                  GenerationSettings(batch_size=1, **settings), progress=False)
+    assert batched["prediction"].tolist() == single["prediction"].tolist()
+    assert batched["region_areas"].map(list).tolist() == single["region_areas"].map(list).tolist()
+    assert len(set(batched["prompt_tokens"])) > 1
+
+
+@pytest.mark.slow
+def test_prediction_table(model, trained):
+    _, ds = trained
+    df = generate_predictions(model, torch.utils.data.Subset(ds, range(4)), GenerationSettings(max_new_tokens=64),
+                              meta={"dataset": "synthetic", "model_preset": "tiny", "config_digest": "abc"},
+                              progress=False)
+    assert list(df.columns) == list(COLUMNS)
+    assert df["case_id"].tolist() == [f"case_{i}" for i in range(4)]
+    for row, i in zip(df.itertuples(), range(4)):
+        item = ds[i]
+        # Fixed order at test time: the scan's regions in REGIONS order.
+        assert list(row.region_areas) == [REGIONS[r] for r in sorted(item["regions"])]
+        assert [p.area for p in parse_rra(row.reference)] == list(row.region_areas)
+        assert [(p["index"], p["named_area"], p["text"]) for p in row.regions] == \
+            [(p.index, p.area, p.text) for p in parse_rra(row.prediction)]
+        assert row.finished and row.generated_tokens > 0 and row.n_regions == len(item["regions"])
+    assert set(df["dataset"]) == {"synthetic"} and set(df["model_preset"]) == {"tiny"}
+    decoding = json.loads(df["decoding"].iloc[0])
+    assert decoding["do_sample"] is False and decoding["num_beams"] == 1 and decoding["shuffle_regions"] is False
+    assert recognition(df) == (sum(df["n_regions"]), sum(df["n_regions"]))
+    # The table goes through Parquet and the evaluation's reader.
+    from reg2rg.evaluate import check_predictions
+
+    check_predictions(df)
+
+
+@pytest.mark.slow
+def test_decoding_settings_reach_generation_config(model, trained, monkeypatch):
+    _, ds = trained
+    seen = _capture_generation_configs(model, monkeypatch)
+    sub = torch.utils.data.Subset(ds, range(2))
+    generate_predictions(model, sub, GenerationSettings(max_new_tokens=5), progress=False)
+    greedy = seen[-1]
+    assert (greedy.do_sample, greedy.num_beams, greedy.max_new_tokens) == (False, 1, 5)
+    assert greedy.use_cache is True
+    settings = GenerationSettings(max_new_tokens=7, do_sample=True, top_k=5, top_p=0.9, temperature=0.7,
+                                  repetition_penalty=1.3, seed=11)
+    first = generate_predictions(model, sub, settings, progress=False)
+    cfg = seen[-1]
+    assert (cfg.do_sample, cfg.top_k, cfg.top_p, cfg.temperature, cfg.repetition_penalty, cfg.max_new_tokens) == \
+        (True, 5, 0.9, 0.7, 1.3, 7)
+    again = generate_predictions(model, sub, settings, progress=False)
+    assert first["prediction"].tolist() == again["prediction"].tolist()  # sampling is seeded
+    generate_predictions(model, sub, GenerationSettings(max_new_tokens=6, num_beams=2), progress=False)
+    assert seen[-1].num_beams == 2 and seen[-1].do_sample is False
+
+
+@pytest.mark.slow
+def test_no_sampling_inherited_from_a_generation_config_beside_the_llm(trained, tmp_path, monkeypatch):
+    model_dir, ds = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    (copy / "llm_base/generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 5.0, "top_k": 3, "top_p": 0.5, "num_beams": 3, "max_new_tokens": 2,
+         "repetition_penalty": 2.0}))
+    model = load_trained(copy)
+    seen = _capture_generation_configs(model, monkeypatch)
+    sub = torch.utils.data.Subset(ds, range(3))
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(generate_predictions(model, sub, GenerationSettings(max_new_tokens=48), progress=False))
+    assert runs[0]["prediction"].tolist() == runs[1]["prediction"].tolist()
+    reference = generate_predictions(load_trained(model_dir), sub, GenerationSettings(max_new_tokens=48),
+                                     progress=False)
+    assert runs[0]["prediction"].tolist() == reference["prediction"].tolist()
+    cfg = seen[-1]
+    assert (cfg.do_sample, cfg.num_beams, cfg.max_new_tokens, cfg.repetition_penalty) == (False, 1, 48, 1.0)
+
+
+@pytest.mark.slow
+def test_generate_command(trained, tmp_path, monkeypatch):
+    """`reg2rg generate`: options -> settings -> the Parquet file and the model's run metadata (the manifest and
+    cache readers are replaced by the synthetic scans)."""
+    import reg2rg.data
+    import reg2rg.manifest
+    from reg2rg.cli import main
+
+    model_dir, ds = trained
+    calls = {}
+
+    def fake_dataset(manifest_df, cache_dir, input_size, split=None, text=True, lfd=True):
+        calls.update(cache_dir=Path(cache_dir), input_size=tuple(input_size), split=split, text=text, lfd=lfd)
+        return torch.utils.data.Subset(ds, range(3))
+
+    monkeypatch.setattr(reg2rg.manifest, "read_manifest", lambda path: pd.DataFrame())
+    monkeypatch.setattr(reg2rg.data, "Reg2RGDataset", fake_dataset)
+    out = tmp_path / "out/predictions.parquet"
+    manifest = tmp_path / "results/x/manifest/test.parquet"
+    assert main(["generate", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(out),
+                 "--max-new-tokens", "40", "--shuffle-regions", "--seed", "4", "--batch-size", "2"]) == 0
+    assert calls == {"cache_dir": tmp_path / "results/x/cache", "input_size": (32, 32, 8), "split": None,
+                     "text": False, "lfd": True}
+    df = pd.read_parquet(out)
+    assert list(df.columns) == list(COLUMNS) and len(df) == 3
+    decoding = json.loads(df["decoding"].iloc[0])
+    assert decoding["max_new_tokens"] == 40 and decoding["shuffle_regions"] is True and decoding["seed"] == 4
+    run = json.loads((model_dir / "run_config.json").read_text())
+    assert set(df["config_digest"]) == {run["config_digest"]} and set(df["model_preset"]) == {"tiny"}
+    assert set(df["dataset"]) == {"synthetic"}
+    assert recognition(df) == (int(df["n_regions"].sum()), int(df["n_regions"].sum()))
+
+
+def test_workflow_radgenome_predictions_without_root_names_the_key(tmp_path):
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n",
+                           "results/radgenome/predictions.parquet"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "set datasets.radgenome.root in config/config.yaml" in out
+    assert "Warning" not in out
