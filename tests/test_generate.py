@@ -183,3 +183,44 @@ def test_workflow_radgenome_predictions_without_root_names_the_key(tmp_path):
     out = proc.stdout + proc.stderr
     assert "set datasets.radgenome.root in config/config.yaml" in out
     assert "Warning" not in out
+
+
+@pytest.mark.slow
+def test_demo_workflow_trains_and_generates(tmp_path):
+    """The default target on a small demo: ... -> cache -> tokenizer -> train (accelerate launch) -> generate; a
+    second run has nothing to do, and a lost model folder is rewritten from the last checkpoint."""
+    import yaml
+
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    small = {"datasets": {"demo": {"generate": {"cases": 4, "seed": 0, "test_fraction": 0.25,
+                                                "shape": [112, 96, 32]}}},
+             "training": {"tiny": {"max_steps": 4, "checkpoint_every": 2, "log_every": 2}},
+             "generation": {"max_new_tokens": 32}}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
+
+    def snakemake(*args):
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args, "--cores", "2",
+                               "--configfile", "small.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
+
+    snakemake()
+    model = tmp_path / "results/demo/model"
+    run = json.loads((model / "run_config.json").read_text())
+    assert run["steps"] == 4 and run["preset"] == "tiny" and run["dataset"] == "demo"
+    assert run["training"]["max_steps"] == 4 and run["git"].keys() == {"commit", "dirty"}
+    assert [json.loads(line)["step"] for line in (model / "train_log.jsonl").read_text().splitlines()] == [2, 4]
+    assert (tmp_path / "results/demo/tokenizer/tokenizer.json").is_file()
+    assert (tmp_path / "results/demo/model_work/tensorboard").is_dir()
+    df = pd.read_parquet(tmp_path / "results/demo/predictions.parquet")
+    assert list(df.columns) == list(COLUMNS) and len(df) >= 1
+    assert set(df["model_preset"]) == {"tiny"} and json.loads(df["decoding"].iloc[0])["max_new_tokens"] == 32
+    assert "Nothing to be done" in snakemake("-n")
+    shutil.rmtree(model)
+    log = snakemake("results/demo/model")
+    assert (model / "run_config.json").is_file()
+    assert "resumed from" in (tmp_path / "results/demo/logs/train.log").read_text()
+    assert "rule train" in log
