@@ -49,7 +49,7 @@ from typing import Any, Iterator, Sequence
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("reg2rg.train")  # the same name under `python -m`
 
 CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
