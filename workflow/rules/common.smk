@@ -91,5 +91,9 @@ def prediction_targets(dataset):
     return [f"results/{dataset}/predictions.parquet"]
 
 
+def metrics_targets(dataset):
+    return [f"results/{dataset}/metrics.json"]
+
+
 def default_targets(dataset):
-    return manifest_targets(dataset) + prediction_targets(dataset)
+    return manifest_targets(dataset) + prediction_targets(dataset) + metrics_targets(dataset)

@@ -1,0 +1,34 @@
+# Evaluation of the test split's generated reports (reg2rg.evaluate, docs/evaluation.md): text metrics,
+# clinical efficacy and region recognition in metrics.json, the report length plot beside it. Settings:
+# evaluation: in the config; the decoding recorded is generation: less the keys that do not change the output.
+
+
+rule evaluate:
+    input:
+        predictions="results/{dataset}/predictions.parquet",
+    output:
+        metrics="results/{dataset}/metrics.json",
+        lengths_plot="results/{dataset}/report_lengths.png",
+    params:
+        protocol=config.get("evaluation", {}).get("protocol", "all"),
+        labeler=config.get("evaluation", {}).get("labeler", "rules"),
+        radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
+        radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
+        meta=lambda wc: {
+            "dataset": wc.dataset,
+            "model_preset": model_preset_name(wc.dataset),
+            "decoding": {
+                k: v
+                for k, v in config.get("generation", {}).items()
+                if k not in ("resources", "batch_size", "num_workers")
+            },
+        },
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/evaluate.log",
+    script:
+        "../scripts/evaluate.py"
