@@ -129,7 +129,29 @@ def _add_generate(sub):
     p.set_defaults(run=_call("reg2rg.generate:cli"))
 
 
-COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate]
+def _add_report(sub):
+    p = sub.add_parser("report", help="a region-grounded report (JSON, optional HTML page) for one new scan")
+    p.add_argument("--model", required=True, help="trained model folder (results/{dataset}/model)")
+    p.add_argument("--ct", required=True, help="the scan: DICOM series folder, NIfTI, NRRD or MHA")
+    p.add_argument("--masks", help="folder with one {region}.nii.gz per region, or a reg2rg uint16 label file")
+    p.add_argument("--segmenter", choices=["sat"], help="segment the scan instead of --masks (needs SAT configured)")
+    p.add_argument("--out", required=True, help="report JSON to write")
+    p.add_argument("--html", help="also write this self-contained HTML page")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--max-new-tokens", type=int, help="default 512")
+    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample instead of greedy decoding (default: greedy)")
+    p.add_argument("--num-beams", type=int, help="default 1")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.set_defaults(run=_call("reg2rg.report:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
