@@ -21,6 +21,7 @@ include: "workflow/rules/cache.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/viewer.smk"
 
 
 rule all:
