@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/masks.smk"
+include: "workflow/rules/segment.smk"
 include: "workflow/rules/reports.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/cache.smk"
@@ -28,3 +29,9 @@ rule all:
     input:
         default_targets(config["default_dataset"]),
     default_target: True
+
+
+# CTRG-Chest-548K end to end: SAT masks, LLM-split region reports, manifests, cache, training (docs/ctrg.md).
+rule train_ctrg:
+    input:
+        "results/ctrg/model",

@@ -95,5 +95,77 @@ def metrics_targets(dataset):
     return [f"results/{dataset}/metrics.json"]
 
 
+# ---- Segmentation and report splitting of data sets without masks or region reports (docs/ctrg.md).
+SAT_JSONL_DATASET = "reg2rg"  # the `dataset` field of SAT's jsonl: SAT writes {rcd_dir}/reg2rg/seg_<id>/
+
+
+def datasets_regex(names):
+    """A wildcard constraint matching exactly these data sets (nothing when the list is empty)."""
+    return "|".join(names) if names else "(?!x)x"
+
+
+def segmentation_config(dataset):
+    return DATASETS[dataset].get("segmentation") or {}
+
+
+def segmentation_backend(dataset):
+    """provided (masks on disk), sat or sat_standin."""
+    return segmentation_config(dataset).get("backend", "provided")
+
+
+SAT_DATASETS = [d for d in DATASETS if segmentation_backend(d) in ("sat", "sat_standin")]
+SAT_RUN_DATASETS = [d for d in DATASETS if segmentation_backend(d) == "sat"]
+SPLIT_DATASETS = [d for d in DATASETS if DATASETS[d].get("layout") == "ctrg"]
+
+
+def sat_setting(dataset, key, default=None, required=False):
+    """datasets.<name>.segmentation.sat.<key>; a one-line error naming the key when required and unset."""
+    value = (segmentation_config(dataset).get("sat") or {}).get(key, default)
+    if required and value in (None, ""):
+        dataset_root(dataset)  # a missing data set root is the first thing to fix
+        raise WorkflowError(
+            f"data set '{dataset}' runs SAT: set datasets.{dataset}.segmentation.sat.{key} in config/config.yaml"
+        )
+    return value
+
+
+def sat_output_input(wildcards):
+    """SAT's output folder, made by the sat_run job or, in its raw data, by the demo's stand-in for a SAT run."""
+    if segmentation_backend(wildcards.dataset) == "sat_standin":
+        return f"results/{wildcards.dataset}/raw"
+    return f"results/{wildcards.dataset}/segment/sat_output"
+
+
+def sat_output_dir(wildcards, input):
+    """Where SAT wrote seg_<id>/."""
+    if segmentation_backend(wildcards.dataset) == "sat_standin":
+        return str(Path(input.sat) / "sat_standin" / SAT_JSONL_DATASET)
+    return str(Path(input.sat) / SAT_JSONL_DATASET)
+
+
+def sat_standin_index(wildcards, input):
+    if segmentation_backend(wildcards.dataset) == "sat_standin":
+        return str(Path(input.sat) / "sat_standin" / "standin.json")
+    return None
+
+
+def splitter_config(dataset):
+    return DATASETS[dataset].get("splitter") or {"kind": "rules"}
+
+
+def llm_serve_config(dataset):
+    """splitter.llm.serve when the split job starts `vllm serve` itself, else None."""
+    s = splitter_config(dataset)
+    serve = (s.get("llm") or {}).get("serve") or {}
+    return serve if s.get("kind") == "llm" and serve.get("enabled") else None
+
+
+def split_resource(dataset, key, default):
+    """A resource of the split_reports job: from the serve block when it serves the LLM itself, else gpu 0."""
+    serve = llm_serve_config(dataset)
+    if serve is None:
+        return 0 if key == "gpu" else default
+    return (serve.get("resources") or {}).get(key, 1 if key == "gpu" else default)
+
 def default_targets(dataset):
     return manifest_targets(dataset) + prediction_targets(dataset) + metrics_targets(dataset)

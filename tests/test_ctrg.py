@@ -1,0 +1,345 @@
+"""The CTRG reader (reg2rg.ctrg): annotation JSON + DICOM or NIfTI volumes, the seeded random 8:2 split, the
+windowed (8-bit) intensity detection, slices-first NIfTI refused and conformed; the demo's stand-in for a SAT
+run imported exactly; and (slow) the demo_ctrg manifest built end to end by the workflow."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from reg2rg import ctrg, demo
+from reg2rg.constants import REGIONS
+from reg2rg.datasets import inventory
+from reg2rg.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = (96, 80, 24)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_ctrg")
+    summary = demo.make_demo_dataset("ctrg", out, cases=5, seed=2, shape=SMALL)
+    return out, summary
+
+
+def _nifti(path: Path, arr_xyz: np.ndarray, zooms=(0.7, 0.7, 5.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr_xyz, np.diag([*zooms, 1.0])), str(path))
+
+
+def _windowed_volume(shape=(64, 64, 20), seed=0) -> np.ndarray:
+    """An 8-bit windowed stack: air 0, body about 230, lungs about 40 (slices last, nibabel order)."""
+    rng = np.random.default_rng(seed)
+    x, y, _ = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    arr = np.zeros(shape, np.uint8)
+    body = ((x - 32) / 26.0) ** 2 + ((y - 32) / 20.0) ** 2 <= 1
+    arr[body] = 230
+    arr[body & (np.abs(x - 32) > 6) & (np.abs(x - 32) < 20) & (np.abs(y - 30) < 12)] = 40
+    return np.clip(arr.astype(int) + rng.integers(-3, 4, shape) * (arr > 0), 0, 255).astype(np.uint8)
+
+
+def _ctrg_root(root: Path, volumes: dict[str, np.ndarray], **kw) -> Path:
+    ann = {"train": [], "test": []}
+    for i, (cid, arr) in enumerate(volumes.items()):
+        _nifti(root / "images" / f"{cid}.nii.gz", arr, **kw)
+        ann["train" if i % 4 else "test"].append({"id": cid, "report": f"Report {cid}. Heart normal.",
+                                                  "image_path": f"images/{cid}.nii.gz"})
+    (root / "annotation.json").write_text(json.dumps(ann))
+    return root
+
+
+def test_demo_ctrg_inventory_split_reports_labels(demo_root):
+    root, summary = demo_root
+    inv = inventory("ctrg", root)
+    ids = sorted(summary["labels"])
+    assert sorted(inv.case_id) == ids and set(inv.intensity_mode) == {"hu"}
+    assert (inv.split == "test").sum() == round(0.2 * len(ids))
+    assert dict(zip(inv.case_id, inv.split)) == ctrg.random_split(ids, seed=0)  # seeded, reproducible
+    assert ctrg.random_split(ids, seed=1) != ctrg.random_split(ids, seed=0) or len(ids) < 3
+    assert all(Path(p).is_dir() for p in inv.image) and inv.mask_dir.isna().all()
+    reports = ctrg.ctrg_reports(inv)
+    ann = ctrg.read_annotation(root / "annotation.json")
+    assert dict(zip(reports.case_id, reports.report)) == dict(zip(ann.case_id, ann.report))
+    labels = ctrg.ctrg_labels(inv).set_index("case_id")
+    for cid in ids:
+        assert labels.loc[cid, "labels"] == [summary["labels"][cid][k] for k in summary["labels"][cid]]
+
+
+def test_ctrg_split_is_eight_to_two():
+    split = ctrg.random_split([f"c{i}" for i in range(1804)], seed=0)
+    assert sum(v == "test" for v in split.values()) == round(0.2 * 1804)
+
+
+def test_windowed_volumes_are_detected_and_recorded(tmp_path):
+    root = _ctrg_root(tmp_path / "w", {f"w{i}": _windowed_volume(seed=i) for i in range(6)})
+    inv = inventory("ctrg", root)
+    assert set(inv.intensity_mode) == {"windowed"} and len(inv) == 6
+    hu = _windowed_volume().astype(np.int16) * 4 - 1024  # a CT in HU: air -1024
+    assert ctrg.classify_values(hu) == "hu"
+    assert ctrg.classify_values(_windowed_volume()) == "windowed"
+    assert ctrg.classify_values(np.array([0, 300, 4000])) == "unknown"  # raw stored values: neither
+    mixed = _ctrg_root(tmp_path / "m", {"a": _windowed_volume(), "b": hu})
+    with pytest.raises(InputError, match="disagree"):
+        inventory("ctrg", mixed)
+    raw = _ctrg_root(tmp_path / "r", {"a": (_windowed_volume().astype(np.int16) * 10)})
+    with pytest.raises(InputError, match="neither CT in HU"):
+        inventory("ctrg", raw)
+    model = ctrg.windowed_to_model_range(np.array([0, 255, 127.5]))
+    assert model.tolist() == [-1.0, 1.0, 0.0]
+    assert ctrg.windowed_to_model_range(np.array([10, 20]), per_volume=True).tolist() == [-1.0, 1.0]
+
+
+def test_slices_first_nifti_is_refused_then_conformed(tmp_path):
+    vol = _windowed_volume(shape=(64, 64, 12))
+    first = np.ascontiguousarray(vol.transpose(2, 1, 0))  # the public copy: [slice, row, column]
+    root = _ctrg_root(tmp_path / "sf", {"a": first, "b": first.copy()})
+    with pytest.raises(InputError, match="slices first.*python -m reg2rg.ctrg conform"):
+        inventory("ctrg", root)
+    assert ctrg.main(["conform", str(root), str(tmp_path / "ok"), "--spacing", "0.8", "0.8", "5"]) == 0
+    inv = inventory("ctrg", tmp_path / "ok")
+    img = sitk.ReadImage(inv.image[0])
+    assert img.GetSize() == (64, 64, 12) and img.GetSpacing() == pytest.approx((0.8, 0.8, 5.0))
+    assert np.array_equal(sitk.GetArrayFromImage(img), first)
+    assert set(inv.intensity_mode) == {"windowed"}
+
+
+def test_bad_annotation_names_the_file(tmp_path):
+    (tmp_path / "annotation.json").write_text("{not json")
+    with pytest.raises(InputError, match="annotation.json: not valid JSON"):
+        inventory("ctrg", tmp_path)
+    (tmp_path / "annotation.json").write_text(json.dumps({"train": [{"id": "a"}, {"id": "a"}]}))
+    with pytest.raises(InputError, match="ids given twice"):
+        inventory("ctrg", tmp_path)
+
+
+def test_demo_standin_for_a_sat_run_imports_to_the_true_masks(demo_root, tmp_path):
+    """The demo's SAT-format stand-in, prepared and imported the way the workflow does, gives the masks that
+    placing the phantom's true masks directly on the ingested grid gives: voxel for voxel."""
+    from reg2rg.ingest import ingest
+    from reg2rg.masks import import_region_masks, read_region_masks
+    from reg2rg.segment.sat import import_sat_case, prepare_sat_input, region_prompts, restore_sat_mask
+
+    root, summary = demo_root
+    cid = sorted(summary["labels"])[0]
+    plan = next(p for p in demo.plan_dataset("ctrg", 5, 2, 0.25, SMALL) if p.case_id == cid)
+    case = demo.render_case(plan, 2)
+    vol = tmp_path / f"{cid}.nii.gz"
+    ingest(root / "images" / cid, vol)
+    prepare_sat_input(vol, tmp_path / "in" / f"{cid}.nii.gz", tmp_path / "in" / f"{cid}.json", cid)
+    import_sat_case(vol, root / "sat_standin" / "reg2rg", tmp_path / "in" / f"{cid}.json", region_prompts(None),
+                    tmp_path / "sat.nii.gz", tmp_path / "work")
+    truth = {}
+    for r in REGIONS:
+        truth[r] = tmp_path / "truth" / f"{r}.nii.gz"
+        demo.write_nifti(case.masks[r].astype(np.uint8), case.geometry, truth[r])
+    import_region_masks(vol, truth, tmp_path / "truth.nii.gz")
+    got, side = read_region_masks(tmp_path / "sat.nii.gz")
+    want, _ = read_region_masks(tmp_path / "truth.nii.gz")
+    # SAT only segments inside its crop (voxels > 0 HU): the truth there, nothing outside
+    rec = json.loads((tmp_path / "in" / f"{cid}.json").read_text())
+    box = [e - s for s, e in zip(rec["crop"]["start"], rec["crop"]["end"])]
+    inside = sitk.GetArrayFromImage(restore_sat_mask(np.ones(box, np.uint8), rec)) > 0
+    assert inside.shape == want.shape[1:] and not inside.all()
+    assert np.array_equal(got, want & inside)
+    assert (want & inside).sum() > 0.97 * want.sum()
+    assert sum(s == "present" for s in side["status"].values()) >= 8
+    assert (root / "sat_standin" / "README.txt").read_text().startswith("A STAND-IN FOR A SAT RUN")
+
+
+def _workflow_copy(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def _run_snakemake(wd: Path, *args: str, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    bin_dir = Path(sys.executable).parent  # as in an activated environment: python and torchrun from it
+    path = os.pathsep.join([*([str(path_prefix)] if path_prefix else []), str(bin_dir), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path}
+    proc = subprocess.run([str(bin_dir / "snakemake"), *args, "--cores", "2"], cwd=wd, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_train_ctrg_without_root_says_which_key_to_set(tmp_path):
+    wd = _workflow_copy(tmp_path / "wf")
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(snakemake), "-n", "train_ctrg"], cwd=wd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "set datasets.ctrg.root in config/config.yaml" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_ctrg_manifest_end_to_end(tmp_path):
+    import yaml
+
+    wd = _workflow_copy(tmp_path / "wf")
+    (wd / "small.yaml").write_text(yaml.safe_dump(
+        {"datasets": {"demo_ctrg": {"generate": {"cases": 4, "seed": 3, "test_fraction": 0.25,
+                                                 "shape": list(SMALL)}}}}))
+    _run_snakemake(wd, "results/demo_ctrg/manifest/train.parquet", "results/demo_ctrg/manifest/test.parquet",
+                   "--configfile", "small.yaml")
+    res = wd / "results" / "demo_ctrg"
+    m = pd.concat([pd.read_parquet(res / "manifest" / f"{s}.parquet") for s in ("train", "test")])
+    summary = json.loads((res / "raw" / demo.SUMMARY_FILE).read_text())
+    assert sorted(m.case_id) == sorted(summary["labels"]) and (m.status == "included").all()
+    assert (m.split == "test").sum() == 1 and set(m.intensity_mode) == {"hu"}
+    for row in m.itertuples():
+        assert sum(s == "present" for s in row.region_status) >= 8
+        assert row.report and sum(t is not None for t in row.region_texts) >= 5
+        assert len(row.labels) == 18
+        side = json.loads((res / "masks" / f"{row.case_id}.json").read_text())
+        assert side["segmentation"]["backend"] == "sat_standin"
+    reports = pd.read_parquet(res / "reports" / "region_reports.parquet")
+    assert set(reports.splitter) == {"rules-v1"} and (reports.split_status == "ok").all()
+
+
+# A stand-in for SAT's checkout: inference.py reads the jsonl and writes outputs the way SAT's code does
+# (nibabel load; RAS orientation and 1 x 1 x 3 mm required as given, since SAT's Orientationd/Spacingd leave
+# such an input alone; crop to voxels > 0; per prompt a 0/1 float array with an identity affine). It
+# "segments" by HU thresholds, so that the test knows the answer: written independently of reg2rg.
+FAKE_SAT_INFERENCE = '''
+import argparse, json, os
+import nibabel as nib
+import numpy as np
+
+THRESHOLDS = {"heart": (20, 80), "sternum": (200, 4000), "liver": (50, 70)}
+
+p = argparse.ArgumentParser()
+p.add_argument("--rcd_dir")
+p.add_argument("--datasets_jsonl")
+args, _ = p.parse_known_args()
+assert os.environ.get("LOCAL_RANK") == "0"  # started by torchrun
+for line in open(args.datasets_jsonl):
+    d = json.loads(line)
+    img = nib.load(d["image"])
+    arr = np.asanyarray(img.dataobj).astype(np.float32)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S"), img.affine
+    assert np.allclose(img.header.get_zooms(), (1, 1, 3)), img.header.get_zooms()
+    fg = np.argwhere(arr > 0)
+    lo, hi = fg.min(0), fg.max(0) + 1
+    crop = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    sample_id = d["image"].split("/")[-1].replace(".nii.gz", "")
+    out = os.path.join(args.rcd_dir, d["dataset"], "seg_" + sample_id)
+    os.makedirs(out, exist_ok=True)
+    results = np.zeros(crop.shape)
+    for j, label in enumerate(d["label"]):
+        a, b = THRESHOLDS.get(label, (1e9, 1e9))
+        pred = ((crop > a) & (crop < b)).astype(np.float32)
+        results += pred * (j + 1)
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), os.path.join(out, label + ".nii.gz"))
+    folder = os.path.join(args.rcd_dir, d["dataset"])
+    nib.save(nib.Nifti1Image(results, np.eye(4)), os.path.join(folder, "seg_" + sample_id + ".nii.gz"))
+    nib.save(nib.Nifti1Image((crop - crop.mean()) / crop.std(), np.eye(4)),
+             os.path.join(folder, "img_" + sample_id + ".nii.gz"))
+'''
+
+
+@pytest.mark.slow
+def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
+    """The `ctrg` data set as a user runs it: SAT from a checkout (a stand-in program speaking SAT's file
+    formats, started with torchrun), the LLM splitter against an OpenAI-compatible server (the local
+    stand-in), manifests end to end; a rerun of the split makes no request."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from openai_standin import StandinServer
+
+    import yaml
+
+    wd = _workflow_copy(tmp_path / "wf")
+    root = tmp_path / "ctrg"
+    summary = demo.make_demo_dataset("ctrg", root, cases=4, seed=6, shape=SMALL, sat_standin=False)
+    sat_repo = tmp_path / "SAT"
+    (sat_repo / "dynamic_network_architectures").mkdir(parents=True)
+    (sat_repo / "dynamic_network_architectures" / "__init__.py").write_text("")
+    (sat_repo / "inference.py").write_text(FAKE_SAT_INFERENCE)
+    (tmp_path / "sat.pth").write_text("weights")
+    with StandinServer() as server:
+        cfg = {"datasets": {"ctrg": {
+            "root": str(root),
+            "segmentation": {"backend": "sat", "prompts": {"heart": ["heart"], "bone": ["sternum", "rib 1"],
+                                                            "abdomen": ["liver"]},
+                             "sat": {"repo": str(sat_repo), "checkpoint": str(tmp_path / "sat.pth"),
+                                     "text_encoder_checkpoint": str(tmp_path / "sat.pth")}},
+            "splitter": {"kind": "llm", "llm": {"base_url": server.base_url, "model": "qwen-standin",
+                                                "max_attempts": 2, "concurrency": 2}}}}}
+        (wd / "ctrg.yaml").write_text(yaml.safe_dump(cfg))
+        targets = ["results/ctrg/manifest/train.parquet", "results/ctrg/manifest/test.parquet"]
+        _run_snakemake(wd, *targets, "--configfile", "ctrg.yaml")
+        assert server.requests == 4
+        res = wd / "results" / "ctrg"
+        m = pd.concat([pd.read_parquet(res / "manifest" / f"{s}.parquet") for s in ("train", "test")])
+        assert sorted(m.case_id) == sorted(summary["labels"]) and (m.status == "included").all()
+        # the masks are SAT's thresholds of the ingested volume, inside SAT's crop, voxel for voxel
+        from reg2rg.masks import read_region_masks
+
+        for cid in m.case_id:
+            vol = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "volumes" / f"{cid}.nii.gz")))
+            masks, side = read_region_masks(res / "masks" / f"{cid}.nii.gz")
+            fg = np.argwhere(vol > 0)
+            inside = np.zeros(vol.shape, bool)
+            inside[tuple(slice(a, b + 1) for a, b in zip(fg.min(0), fg.max(0)))] = True
+            assert np.array_equal(masks[REGIONS.index("heart")], (vol > 20) & (vol < 80) & inside)
+            assert np.array_equal(masks[REGIONS.index("bone")], (vol > 200) & inside)
+            assert side["status"]["lung"] == "empty" or side["status"]["lung"] == "present"
+            assert side["segmentation"]["regions"]["bone"]["found"] == ["sternum", "rib 1"]
+        reports = pd.read_parquet(res / "reports" / "region_reports.parquet")
+        assert (reports.split_status == "ok").all()
+        assert set(reports.splitter) == {"llm:qwen-standin:ctrg-split-v1"}
+        # a rerun of the split asks nothing: every answer is in the cache
+        _run_snakemake(wd, "results/ctrg/reports/region_reports.parquet", "--forcerun", "split_reports",
+                       "--configfile", "ctrg.yaml")
+        assert server.requests == 4
+
+
+@pytest.mark.slow
+def test_split_reports_serves_the_llm_itself_and_stops_it(tmp_path):
+    """splitter.llm.serve.enabled: the job starts `vllm serve` (here a stand-in program of that name on the
+    PATH, speaking the OpenAI protocol), waits for /health, splits, and stops it."""
+    import socket
+
+    import yaml
+
+    from reg2rg.split.serve import is_healthy
+
+    wd = _workflow_copy(tmp_path / "wf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    standin = Path(__file__).resolve().parent / "openai_standin.py"
+    (fake_bin / "vllm").write_text(
+        f"#!{sys.executable}\n"
+        "import sys, subprocess\n"
+        "args = sys.argv[1:]\n"
+        "assert args[0] == 'serve' and '--served-model-name' in args, args\n"
+        "port = args[args.index('--port') + 1]\n"
+        f"sys.exit(subprocess.call([{sys.executable!r}, {str(standin)!r}, '--port', port, '--startup-delay', '1']))\n")
+    (fake_bin / "vllm").chmod(0o755)
+    (wd / "serve.yaml").write_text(yaml.safe_dump({"datasets": {"demo_ctrg": {
+        "generate": {"cases": 3, "seed": 4, "test_fraction": 0.34, "shape": list(SMALL)},
+        "splitter": {"kind": "llm", "llm": {"max_attempts": 2, "serve": {
+            "enabled": True, "model_path": "/models/Qwen2.5-14B-Instruct", "port": port,
+            "startup_timeout_s": 60}}}}}}))
+    proc = _run_snakemake(wd, "results/demo_ctrg/reports/region_reports.parquet", "--configfile", "serve.yaml",
+                          path_prefix=fake_bin)
+    assert "gpu=1" in proc.stdout + proc.stderr  # the job asks for a GPU
+    reports = pd.read_parquet(wd / "results" / "demo_ctrg" / "reports" / "region_reports.parquet")
+    assert (reports.split_status == "ok").all() and len(reports) == 3
+    assert set(reports.splitter) == {"llm:Qwen2.5-14B-Instruct:ctrg-split-v1"}
+    assert (wd / "results" / "demo_ctrg" / "logs" / "vllm_serve.log").is_file()
+    assert not is_healthy(f"http://127.0.0.1:{port}/v1")  # stopped after the split

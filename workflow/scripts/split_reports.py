@@ -1,0 +1,48 @@
+"""Adapter: rule split_reports -> reg2rg.split (whole CTRG reports -> region report table) and reg2rg.ctrg
+(labels). With splitter.llm.serve.enabled, `vllm serve` runs for the length of the split (GPU job)."""
+import os
+from pathlib import Path
+
+from reg2rg.logs import setup_script_logging
+
+setup_script_logging(snakemake.log[0])
+
+import pandas as pd  # noqa: E402
+
+from reg2rg.ctrg import ctrg_labels, ctrg_reports  # noqa: E402
+from reg2rg.reports import write_region_reports  # noqa: E402
+from reg2rg.split.table import split_report_table  # noqa: E402
+
+inv = pd.read_parquet(snakemake.input.inventory)
+splitter = snakemake.params.splitter or {}
+kind = splitter.get("kind", "rules")
+llm = dict(splitter.get("llm") or {})
+serve = llm.pop("serve", None) or {}
+
+
+def run():
+    return split_report_table(ctrg_reports(inv), kind, llm=llm, cache_dir=snakemake.params.cache)
+
+
+if kind == "llm" and serve.get("enabled"):
+    from reg2rg.split.serve import managed_server, vllm_command
+
+    port = int(serve.get("port", 8000))
+    llm["base_url"] = f"http://127.0.0.1:{port}/v1"
+    llm["model"] = llm.get("model") or Path(str(serve.get("model_path"))).name
+    command = vllm_command(serve.get("model_path"), port, served_model_name=llm["model"],
+                           gpu_memory_utilization=serve.get("gpu_memory_utilization"),
+                           max_model_len=serve.get("max_model_len"),
+                           tensor_parallel_size=serve.get("tensor_parallel_size"),
+                           extra_args=serve.get("extra_args") or ())
+    key = os.environ.get(llm.get("api_key_env", "REG2RG_LLM_API_KEY"))
+    env = {"VLLM_API_KEY": key} if key else {}  # vLLM reads its key from there, never from the command line
+    with managed_server(command, llm["base_url"], log_path=snakemake.log.server,
+                        startup_timeout_s=float(serve.get("startup_timeout_s", 1800)), env=env):
+        table, failures = run()
+else:
+    table, failures = run()
+
+write_region_reports(table, snakemake.output.reports)
+failures.to_parquet(snakemake.output.failures, index=False)
+ctrg_labels(inv).to_parquet(snakemake.output.labels, index=False)
