@@ -23,6 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/viewer.smk"
+include: "workflow/rules/ablation.smk"
 
 
 rule all:

@@ -183,3 +183,39 @@ def test_sentencepiece_style_llama_tokenizer(tmp_path):
     assert [(p.index, p.area, p.text) for p in parsed] == [(i + 1, items[k][0], items[k][1]) for i, k in enumerate(ex.order)]
     prompt_only = build_example(tok, [(a, None) for a, _ in items], LAYOUT, with_target=False)
     assert prompt_only.input_ids == ex.input_ids[:ex.prompt_length]  # the prompt does not depend on the order
+
+
+# Malformed generations: what parse_rra makes of them (recognition then scores the parsed areas).
+def test_parse_missing_colon_loses_that_region_only():
+    text = "The region 1 is heart the heart is normal. The region 2 is lung: Clear lungs."
+    parts = parse_rra(text)
+    assert [(p.index, p.area, p.text) for p in parts] == [(2, "lung", "Clear lungs.")]
+    assert strip_rra(text) == "Clear lungs."  # text before the first parsed prefix is not kept
+
+
+def test_parse_missing_colon_without_punctuation_stops_at_the_next_prefix():
+    parts = parse_rra("The region 1 is heart normal heart The region 2 is lung: Clear.")
+    assert [(p.index, p.area) for p in parts] == [(2, "lung")]
+
+
+def test_parse_repeated_region_keeps_both_in_order():
+    parts = parse_rra("The region 1 is heart: Normal. The region 1 is lung: Clear.")
+    assert [(p.index, p.area, p.text) for p in parts] == [(1, "heart", "Normal."), (1, "lung", "Clear.")]
+
+
+def test_parse_unknown_area_is_kept_as_written():
+    parts = parse_rra("The region 3 is Liver: Normal liver. The region 4 is left kidney : Normal.")
+    assert [(p.index, p.area, p.text) for p in parts] == [(3, "liver", "Normal liver."), (4, "left kidney", "Normal.")]
+
+
+def test_parse_empty_texts():
+    assert parse_rra("") == []
+    assert strip_rra("") == ""
+    parts = parse_rra("The region 1 is heart: The region 2 is lung:")
+    assert [(p.index, p.area, p.text) for p in parts] == [(1, "heart", ""), (2, "lung", "")]
+    assert strip_rra("The region 1 is heart: The region 2 is lung:") == ""
+
+
+def test_parse_area_names_with_spaces_and_case():
+    parts = parse_rra("The region 10 is Trachea and Bronchie: Patent.")
+    assert [(p.index, p.area) for p in parts] == [(10, "trachea and bronchie")]

@@ -1,0 +1,137 @@
+# The ablation study (the paper's Table 5; reg2rg/ablation.py, docs/evaluation.md): every setting under
+# ablations.settings in the config is the data set's model preset with the setting's model overrides, trained
+# with the preset's training settings (plus ablations.training and the setting's training overrides),
+# generated and evaluated as the main model is; results/{dataset}/ablation/table.md holds one row per setting
+# of ablations.table.
+import json
+
+from reg2rg.ablation import merge_overrides
+
+ABLATIONS = config.get("ablations", {}).get("settings", {})
+
+
+wildcard_constraints:
+    ablation="|".join(ABLATIONS) or "no-ablations",
+
+
+rule ablation_train:
+    input:
+        manifest="results/{dataset}/manifest/train.parquet",
+        cache="results/{dataset}/cache/train.parquet",
+        tokenizer=tokenizer_input,
+    output:
+        model=directory("results/{dataset}/ablation/{ablation}/model"),
+    params:
+        cpu_config=launch_config("accelerate/cpu.yaml"),
+        zero2_config=launch_config("accelerate/zero2.yaml"),
+        deepspeed_config=launch_config("deepspeed/zero2.json"),
+        preset=lambda wc: model_preset_name(wc.dataset),
+        preset_json=lambda wc: json.dumps(
+            merge_overrides(model_preset(wc.dataset), ABLATIONS[wc.ablation].get("model", {})), sort_keys=True
+        ),
+        training_json=lambda wc: json.dumps(
+            {
+                k: v
+                for k, v in merge_overrides(
+                    merge_overrides(training_settings(wc.dataset), config["ablations"].get("training", {})),
+                    ABLATIONS[wc.ablation].get("training", {}),
+                ).items()
+                if k != "resources"
+            },
+            sort_keys=True,
+        ),
+        tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
+        work=lambda wc: f"results/{wc.dataset}/ablation/{wc.ablation}/model_work",
+    threads: lambda wc: max(2, training_settings(wc.dataset).get("num_workers", 0))
+    resources:
+        gpu=lambda wc: training_settings(wc.dataset).get("resources", {}).get("gpu", 0),
+        mem_mb=lambda wc: training_settings(wc.dataset).get("resources", {}).get("mem_mb", 8000),
+        runtime=lambda wc: training_settings(wc.dataset).get("resources", {}).get("runtime", 60),
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/ablation/{ablation}/train.log",
+    shell:
+        # As rule train (train.smk): gpu == 0 runs one CPU process, gpu > 0 DeepSpeed ZeRO-2.
+        "if [ {resources.gpu} -gt 0 ]; then"
+        " launch='--config_file {params.zero2_config} --deepspeed_config_file {params.deepspeed_config}"
+        " --num_processes {resources.gpu}';"
+        " else launch='--config_file {params.cpu_config} --num_processes 1'; fi;"
+        " accelerate launch $launch -m reg2rg.train"
+        " --manifest {input.manifest} --cache {input.cache} --work {params.work} --out {output.model}"
+        " --dataset {wildcards.dataset} --preset {params.preset} --preset-json {params.preset_json:q}"
+        " --training-json {params.training_json:q} {params.tokenizer} > {log} 2>&1"
+
+
+rule ablation_generate:
+    input:
+        model="results/{dataset}/ablation/{ablation}/model",
+        manifest="results/{dataset}/manifest/test.parquet",
+        cache="results/{dataset}/cache/test.parquet",
+    output:
+        predictions="results/{dataset}/ablation/{ablation}/predictions.parquet",
+    params:
+        settings={k: v for k, v in config.get("generation", {}).items() if k != "resources"},
+    threads: 2
+    resources:
+        gpu=lambda wc: generation_resources(wc.dataset).get("gpu", 0),
+        mem_mb=lambda wc: generation_resources(wc.dataset).get("mem_mb", 8000),
+        runtime=lambda wc: generation_resources(wc.dataset).get("runtime", 60),
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/ablation/{ablation}/generate.log",
+    script:
+        "../scripts/generate.py"
+
+
+rule ablation_evaluate:
+    input:
+        predictions="results/{dataset}/ablation/{ablation}/predictions.parquet",
+    output:
+        metrics="results/{dataset}/ablation/{ablation}/metrics.json",
+        lengths_plot="results/{dataset}/ablation/{ablation}/report_lengths.png",
+    params:
+        protocol=config.get("evaluation", {}).get("protocol", "all"),
+        labeler=config.get("evaluation", {}).get("labeler", "rules"),
+        radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
+        radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
+        meta=lambda wc: {
+            "dataset": wc.dataset,
+            "model_preset": f"{model_preset_name(wc.dataset)}+ablation:{wc.ablation}",
+            "decoding": {
+                k: v
+                for k, v in config.get("generation", {}).items()
+                if k not in ("resources", "batch_size", "num_workers")
+            },
+        },
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/ablation/{ablation}/evaluate.log",
+    script:
+        "../scripts/evaluate.py"
+
+
+rule ablation_table:
+    input:
+        metrics=lambda wc: expand(
+            "results/{dataset}/ablation/{ablation}/metrics.json",
+            dataset=wc.dataset,
+            ablation=config["ablations"]["table"],
+        ),
+    output:
+        table="results/{dataset}/ablation/table.md",
+    params:
+        names=config.get("ablations", {}).get("table", []),
+        overrides={k: v.get("model", {}) for k, v in ABLATIONS.items()},
+        paper=lambda wc: config.get("ablations", {}).get("paper", {}).get(wc.dataset, {}),
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/ablation/table.log",
+    script:
+        "../scripts/ablation_table.py"
