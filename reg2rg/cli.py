@@ -53,6 +53,31 @@ def _add_bench(sub):
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
     b.set_defaults(run=_call("reg2rg.bench:cli_ingest"))
+    b = bsub.add_parser("loader", help="samples/s of the training loader over the cache vs the authors' per-sample loading")
+    b.add_argument("--out", help="write the results as JSON here")
+    b.add_argument("--shape", type=int, nargs=3, default=(480, 480, 240), metavar=("X", "Y", "Z"),
+                   help="synthetic scan size (default: RadGenome-like 480 480 240)")
+    b.add_argument("--input-size", type=int, nargs=3, default=(256, 256, 64), metavar=("X", "Y", "Z"),
+                   help="model input size (default: the paper's 256 256 64)")
+    b.add_argument("--scans", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=3, help="passes over the scans with our loader")
+    b.add_argument("--baseline-repeats", type=int, default=1,
+                   help="passes over the scans with the authors' loader (about 1-2 min per CT-RATE-size sample)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads per loader process (a DataLoader worker: 1)")
+    b.set_defaults(run=_call("reg2rg.bench:cli_loader"))
+    b = bsub.add_parser("padding", help="tokens/s of a tiny-preset training step padded to the longest vs to 2048")
+    b.add_argument("--out", help="write the results as JSON here")
+    b.add_argument("--batch-size", type=int, default=3)
+    b.add_argument("--steps", type=int, default=4)
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    b.set_defaults(run=_call("reg2rg.bench:cli_padding"))
+    b = bsub.add_parser("frozen", help="tiny-preset training step time with cached frozen-ViT features vs running the ViT")
+    b.add_argument("--out", help="write the results as JSON here")
+    b.add_argument("--batch-size", type=int, default=3)
+    b.add_argument("--steps", type=int, default=4)
+    b.add_argument("--paper-vit", action="store_true", help="RadFM's ViT (768 wide, 12 deep) instead of the tiny one")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    b.set_defaults(run=_call("reg2rg.bench:cli_frozen"))
 
 
 def _add_label(sub):

@@ -507,10 +507,13 @@ class Reg2RGDataset(torch.utils.data.Dataset):
     torch_threads: torch's intra-op threads while an item is made (restored after; None: leave them). The
     loader's many small operations gain little from threads and lose a lot when another process keeps a core
     busy (every parallel region waits for a descheduled thread); DataLoader workers run with 1 anyway.
+    images=False: items hold no "global" and "texture" (only "geometry"): for training on cached frozen-ViT
+    features (training.cache_vit_features), which replace those inputs.
     """
 
     def __init__(self, manifest_df, cache_dir, input_size, split: str | None = None, text: bool = True,
-                 lfd: bool = True, shuffle_regions: bool = False, torch_threads: int | None = 1):
+                 lfd: bool = True, shuffle_regions: bool = False, torch_threads: int | None = 1,
+                 images: bool = True):
         from reg2rg.errors import InputError
 
         self.cache_dir = Path(cache_dir)
@@ -518,6 +521,7 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         self.input_size = tuple(int(v) for v in input_size)
         self.text, self.lfd, self.shuffle_regions = bool(text), bool(lfd), bool(shuffle_regions)
         self.torch_threads = torch_threads
+        self.images = bool(images)
         self._scratch: Scratch | None = None  # made in the process that loads (each DataLoader worker)
         df = manifest_df
         if split is not None:
@@ -575,7 +579,7 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         if self.torch_threads and self.torch_threads != before:
             torch.set_num_threads(self.torch_threads)
         try:
-            visual = scan_inputs(scan, regions, lfd=self.lfd, scratch=self._scratch)
+            visual = scan_inputs(scan, regions, lfd=self.lfd, scratch=self._scratch, images=self.images)
         finally:
             if torch.get_num_threads() != before:
                 torch.set_num_threads(before)
@@ -587,22 +591,27 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         }
 
 
-def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch | None = None) -> dict:
+def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch | None = None,
+                images: bool = True) -> dict:
     """The visual inputs of one cached scan (reg2rg.cache.CachedScan) for the given region indices, at the
     cache's input size: {"global": [1, Z, Y, X], "texture": [R, 1, Z, Y, X], "geometry": [R, 1, Z, Y, X]}
     (float32). lfd=False puts the LFD-off inputs (masked volume, uncropped) in "texture". `scratch` (optional)
-    reuses the intermediate buffers across calls."""
+    reuses the intermediate buffers across calls. images=False: only "geometry" (no global, no texture)."""
     size = size_zyx(scan.input_size)
     frame = scan.frame_shape
     if _in_worker():  # born in shared memory: the batch travels to the main process without a copy
-        glob, texture, geometry = (_shared(s) for s in ((1,) + size, (len(regions), 1) + size, (len(regions), 1) + size))
+        glob = _shared((1,) + size) if images else None
+        texture = _shared((len(regions), 1) + size) if images else None
+        geometry = _shared((len(regions), 1) + size)
     else:
-        glob = _empty((1,) + size)
-        texture = _empty((len(regions), 1) + size)
+        glob = _empty((1,) + size) if images else None
+        texture = _empty((len(regions), 1) + size) if images else None
         # calloc'd: the pages that no region's block touches are never written here
         geometry = torch.from_numpy(np.zeros((len(regions), 1) + size, dtype=np.float32))
     volume = window_volume(frame, size)
-    if scan.global_sums is not None:
+    if not images:
+        pass
+    elif scan.global_sums is not None:
         global_from_sums(scan.global_sums, frame, size, out=glob[0], volume=volume)
     else:  # a scan smaller than the model input: the cache holds its whole body crop
         _hu_to_unit(_as_float(scan.ct_in(tuple(slice(0, n) for n in frame)), copy=True), size, glob[0], scratch=scratch)
@@ -610,16 +619,20 @@ def scan_inputs(scan, regions: Sequence[int], lfd: bool = True, scratch: Scratch
         box = scan.region_box(i)
         if box is None or not scan.meta["regions"][i]["usable"]:
             raise ValueError(f"{scan.path}: region {REGIONS[i]!r} has no mask voxel above {HU_MIN:g} HU in the body")
-        m = scan.region_mask(i)
-        if lfd:
+        if not images:
+            pass
+        elif lfd:
+            m = scan.region_mask(i)
             crop = scan.region_crop(i)
             rel = scan.region_crop(i, relative=True)
             _texture_into(scan.ct_in(crop), m[rel], size, texture[k, 0], scratch=scratch)
         else:
             start, _ = box_start_size(box)
-            _lfd_off_into(scan.ct_in(box), m, frame, start, size, texture[k, 0])
+            _lfd_off_into(scan.ct_in(box), scan.region_mask(i), frame, start, size, texture[k, 0])
         counts, out_start = scan.geometry_counts(i)
         geometry_from_counts(counts, out_start, frame, size, out=geometry[k, 0], zeroed=True, volume=volume)
+    if not images:
+        return {"geometry": geometry}
     return {"global": glob, "texture": texture, "geometry": geometry}
 
 
@@ -652,16 +665,21 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
     `tokenize(items) -> dict of tensors` (the prompt builder: input_ids, attention_mask, labels padded to the
     longest sample of the batch, e.g. with `pad_to_longest`) is merged in; its keys must not clash.
     layout="xyz" permutes the spatial axes to [..., X, Y, Z] for a model that reads that order: a permuted
-    VIEW, not a copy (a paper-size sample is ~350 MB; let the device transfer or the model make it contiguous)."""
+    VIEW, not a copy (a paper-size sample is ~350 MB; let the device transfer or the model make it contiguous).
+    Items without "global" / "texture" (Reg2RGDataset(images=False)) give batches without them; items with
+    cached frozen-ViT features give global_vit [B, T, dim] (stacked) and texture_vit [N, T, dim] (concatenated)."""
     if not items:
         raise ValueError("collate_visual: empty batch")
     if layout not in ("zyx", "xyz"):
         raise ValueError(f"collate_visual: layout must be 'zyx' or 'xyz', got {layout!r}")
-    out = {
-        "case_id": [it["case_id"] for it in items],
-        "global": _cat([it["global"][None] for it in items]),
-        "texture": _cat([it["texture"] for it in items]),
-        "geometry": _cat([it["geometry"] for it in items]),
+    out = {"case_id": [it["case_id"] for it in items]}
+    for key in ("global", "global_vit"):
+        if items[0].get(key) is not None:
+            out[key] = _cat([it[key][None] for it in items])
+    for key in ("texture", "texture_vit", "geometry"):
+        if items[0].get(key) is not None:
+            out[key] = _cat([it[key] for it in items])
+    out |= {
         "region_counts": torch.tensor([len(it["regions"]) for it in items], dtype=torch.long),
         "regions": torch.tensor([r for it in items for r in it["regions"]], dtype=torch.long),
         "region_texts": [list(it["region_texts"]) for it in items],
@@ -669,7 +687,8 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
     }
     if layout == "xyz":
         for k in ("global", "texture", "geometry"):
-            out[k] = out[k].permute(0, 1, 4, 3, 2)
+            if k in out:
+                out[k] = out[k].permute(0, 1, 4, 3, 2)
     if tokenize is not None:
         extra = tokenize(items)
         clash = set(extra) & set(out)

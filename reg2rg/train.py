@@ -96,6 +96,10 @@ class TrainingConfig:
     # Keep loaded scans in memory (per DataLoader worker) up to this many MB: for small data sets such as the
     # demo, whose every epoch would otherwise resize the same scans again. 0: off.
     memory_cache_mb: int = 0
+    # The ViT is frozen and in eval mode, so its outputs for a scan's global input and region crops never
+    # change: compute them once (fp16, `{work}/vit_features/`) and train the Perceiver and the rest on them,
+    # without running the ViT or making the global and texture inputs again (see docs/performance.md).
+    cache_vit_features: bool = False
     resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow (gpu, mem_mb, runtime)
 
     def __post_init__(self):
@@ -229,7 +233,7 @@ def permute_regions(item: dict, order: Sequence[int]) -> dict:
     out = dict(item)
     out["regions"] = [int(item["regions"][k]) for k in order]
     out["region_texts"] = [item["region_texts"][k] for k in order]
-    for key in ("texture", "geometry"):
+    for key in ("texture", "texture_vit", "geometry"):
         if key in item and item[key] is not None:
             out[key] = item[key].index_select(0, idx)
     return out
@@ -283,11 +287,13 @@ def model_inputs(batch: dict, device, *, labels: bool = True, dtype=None) -> dic
     out = {
         "input_ids": batch["input_ids"].to(device),
         "attention_mask": batch["attention_mask"].to(device),
-        "global_volume": batch["global"].to(**vol),
-        "region_crops": batch["texture"].to(**vol),
         "region_masks": batch["geometry"].to(**vol),
         "region_counts": batch["region_counts"].to(device),
     }
+    for key, arg in (("global", "global_volume"), ("texture", "region_crops"), ("global_vit", "global_vit"),
+                     ("texture_vit", "texture_vit")):
+        if batch.get(key) is not None:
+            out[arg] = batch[key].to(device) if key.endswith("_vit") else batch[key].to(**vol)
     if labels:
         out["labels"] = batch["labels"].to(device)
     return out
@@ -359,6 +365,94 @@ class MemoryCache:
             if self.bytes + size <= self.max_bytes:
                 self.items[i] = item
                 self.bytes += size
+        return item
+
+
+VIT_FEATURES_DIR = "vit_features"
+
+
+def vit_digest(visual) -> str:
+    """sha256 of the ViT's weights: cached features belong to exactly these."""
+    h = hashlib.sha256()
+    for name, t in sorted(visual.vit.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _features_ok(path: Path, digest: str) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("vit_sha256") == digest
+    except Exception:  # missing or unreadable: compute again
+        return False
+
+
+def cache_vit_features(visual, dataset, folder, *, device="cpu", rank: int = 0, processes: int = 1,
+                       autocast=None) -> int:
+    """Write the frozen ViT's outputs of every scan of `dataset` (this process: scans rank, rank + processes,
+    ...) to `folder/{case_id}.safetensors`: "global" [T, dim] and "texture" [R, T, dim] (fp16, the item's
+    regions in its order, listed in the metadata with the ViT's digest). Files of the same ViT are kept.
+    `autocast`: a callable returning the context to run the ViT in (accelerator.autocast).
+    Returns the number of scans computed."""
+    import contextlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = vit_digest(visual)
+    ids = _case_ids(dataset)
+    dtype = visual.proj.weight.dtype
+    done = 0
+    for i in range(rank, len(dataset), processes):
+        path = folder / f"{ids[i]}.safetensors"
+        if _features_ok(path, digest):
+            continue
+        item = dataset[i]
+        vol = torch.cat([item["global"][None], item["texture"]]).permute(0, 1, 4, 3, 2)  # [N, 1, X, Y, Z]
+        with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
+            feats = visual.vit_features(vol.to(device=device, dtype=dtype)).to("cpu", torch.float16)
+        tmp = path.with_name(path.name + ".partial")
+        save_file({"global": feats[0].contiguous(), "texture": feats[1:].contiguous()}, str(tmp),
+                  metadata={"vit_sha256": digest, "regions": json.dumps([int(r) for r in item["regions"]])})
+        os.replace(tmp, path)
+        done += 1
+    return done
+
+
+class VitFeatureDataset:
+    """Dataset wrapper for training on cached ViT features (`cache_vit_features`): items hold "global_vit"
+    [T, dim] and "texture_vit" [R, T, dim] (fp16, rows in the item's region order) instead of "global" and
+    "texture"; a Reg2RGDataset underneath makes only the geometry inputs (images=False)."""
+
+    def __init__(self, dataset, folder):
+        import copy
+
+        self.folder, self.ids = Path(folder), _case_ids(dataset)
+        if hasattr(dataset, "images"):
+            dataset = copy.copy(dataset)
+            dataset.images = False
+        self.dataset = dataset
+        self.samples = getattr(dataset, "samples", None)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        from safetensors import safe_open
+
+        item = {k: v for k, v in self.dataset[i].items() if k not in ("global", "texture")}
+        path = self.folder / f"{self.ids[i]}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            stored = json.loads(f.metadata()["regions"])
+            texture = f.get_tensor("texture")
+            item["global_vit"] = f.get_tensor("global")
+        pos = [stored.index(int(r)) for r in item["regions"]]
+        item["texture_vit"] = texture if pos == list(range(len(stored))) else texture[pos]
         return item
 
 
@@ -726,7 +820,20 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
 
     sampler = StreamSampler(n, training.per_device_batch_size, processes, rank, training.seed,
                             start=start_step * accumulation, stop=steps * accumulation)
-    source = MemoryCache(dataset, training.memory_cache_mb) if training.memory_cache_mb > 0 else dataset
+    source = dataset
+    if training.cache_vit_features:
+        if unwrapped.visual is None or not model_config.freeze_vit:
+            raise ConfigError("training.cache_vit_features needs a frozen ViT (freeze_vit) and global or texture "
+                              "inputs")
+        folder = work / VIT_FEATURES_DIR
+        t0 = time.perf_counter()
+        done = cache_vit_features(unwrapped.visual, dataset, folder, device=accelerator.device, rank=rank,
+                                  processes=processes, autocast=accelerator.autocast)
+        accelerator.wait_for_everyone()
+        log.info("process %d: ViT features of %d scans computed in %.1f s (%s)", rank, done,
+                 time.perf_counter() - t0, folder)
+        source = VitFeatureDataset(dataset, folder)
+    source = MemoryCache(source, training.memory_cache_mb) if training.memory_cache_mb > 0 else source
     loader = torch.utils.data.DataLoader(
         _Keyed(source), batch_sampler=sampler, collate_fn=TrainCollate(tokenizer, model_config, training.seed, rank),
         num_workers=training.num_workers, generator=torch.Generator().manual_seed(training.seed),

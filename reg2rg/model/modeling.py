@@ -63,7 +63,22 @@ class VisualEncoder(nn.Module):
                 tokens = self.vit(volumes)
         else:
             tokens = self.vit(volumes)
-        return self.proj(self.perceiver(tokens))
+        return self.resample(tokens)
+
+    def resample(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ViT outputs [N, T, dim] -> [N, num_latents, hidden]: the trained part of the encoder."""
+        return self.proj(self.perceiver(tokens.to(self.proj.weight.dtype)))
+
+    @torch.no_grad()
+    def vit_features(self, volumes: torch.Tensor) -> torch.Tensor:
+        """The frozen ViT's outputs [N, T, dim] for volumes [N, C, X, Y, Z] (chunked like forward): fixed per
+        input while the ViT is frozen (eval mode, no dropout), so they can be computed once and cached
+        (training.cache_vit_features) and fed to `resample` instead of the volumes."""
+        if not self.freeze_vit:
+            raise ValueError("vit_features: the ViT trains (freeze_vit is off), its outputs are not fixed")
+        if not self.chunk_size or volumes.shape[0] <= self.chunk_size:
+            return self.vit(volumes)
+        return torch.cat([self.vit(c) for c in volumes.split(self.chunk_size)], dim=0)
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         """[N, C, X, Y, Z] -> [N, num_latents, hidden]."""
@@ -119,8 +134,11 @@ class Reg2RGModel(nn.Module):
     # -- embeddings -----------------------------------------------------------------------------------------
     def embed_inputs(self, input_ids: torch.Tensor, global_volume: torch.Tensor | None = None,
                      region_crops: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
-                     region_counts=None) -> torch.Tensor:
-        """inputs_embeds [B, L, hidden]: text embeddings, delimiter embeddings, visual tokens at the placeholders."""
+                     region_counts=None, global_vit: torch.Tensor | None = None,
+                     texture_vit: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs_embeds [B, L, hidden]: text embeddings, delimiter embeddings, visual tokens at the placeholders.
+        global_vit / texture_vit: the frozen ViT's outputs ([B, T, dim] / [R, T, dim], VisualEncoder.vit_features)
+        in place of global_volume / region_crops (cached features: the ViT does not run)."""
         if int(input_ids.max()) >= self.token_slot.numel() or int(input_ids.min()) < 0:
             raise ValueError(f"input_ids hold ids outside [0, {self.token_slot.numel()})")
         slot = self.token_slot[input_ids]
@@ -134,16 +152,34 @@ class Reg2RGModel(nn.Module):
         cfg = self.config
         n_global = 0
         volumes = []
-        if cfg.use_global:
+        cached = global_vit is not None or texture_vit is not None
+        if cfg.use_global and not cached:
             if global_volume is None:
                 raise ValueError("use_global is on: global_volume [B, 1, X, Y, Z] is required")
             volumes.append(global_volume)
             n_global = global_volume.shape[0]
-        if cfg.use_texture:
+        if cfg.use_texture and not cached:
             if region_crops is None:
                 raise ValueError("use_texture is on: region_crops [R, 1, X, Y, Z] is required")
             volumes.append(region_crops)
         features = {}
+        if cached:  # cached frozen-ViT outputs instead of volumes
+            tokens = []
+            if cfg.use_global:
+                if global_vit is None:
+                    raise ValueError("use_global is on: global_vit [B, T, dim] is required with texture_vit")
+                tokens.append(global_vit)
+            if cfg.use_texture:
+                if texture_vit is None:
+                    raise ValueError("use_texture is on: texture_vit [R, T, dim] is required with global_vit")
+                tokens.append(texture_vit)
+            tok = torch.cat(tokens, dim=0) if len(tokens) > 1 else tokens[0]
+            enc = self.visual.resample(tok) if tok.shape[0] else tok.new_zeros((0, cfg.num_image_tokens, embeds.shape[-1]))
+            n_global = global_vit.shape[0] if cfg.use_global else 0
+            if cfg.use_global:
+                features[_IMAGE] = enc[:n_global]
+            if cfg.use_texture:
+                features[_TEXTURE] = enc[n_global:]
         if volumes:
             vol = torch.cat(volumes, dim=0) if len(volumes) > 1 else volumes[0]
             vol = vol.to(self.visual.proj.weight.dtype)
@@ -162,7 +198,7 @@ class Reg2RGModel(nn.Module):
             features[_GEOMETRY] = geo.unsqueeze(1)
 
         if region_counts is not None:
-            self._check_counts(slot, region_counts, region_crops, region_masks)
+            self._check_counts(slot, region_counts, texture_vit if cached else region_crops, region_masks)
         for slot_id in (_IMAGE, _TEXTURE, _GEOMETRY):
             where = slot == slot_id
             n_pos = int(where.sum())
@@ -190,9 +226,11 @@ class Reg2RGModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, global_volume: torch.Tensor | None = None,
                 region_crops: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
-                region_counts=None, **llm_kwargs):
+                region_counts=None, global_vit: torch.Tensor | None = None, texture_vit: torch.Tensor | None = None,
+                **llm_kwargs):
         """The LLM's output (loss when labels are given, logits [B, L, V])."""
-        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
+        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts,
+                                   global_vit=global_vit, texture_vit=texture_vit)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
     @torch.no_grad()

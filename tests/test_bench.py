@@ -1,0 +1,127 @@
+"""Benchmarks at tiny sizes: each command runs and writes its JSON keys; the loader baseline is the authors' way
+(every file read with nibabel as float64); training on cached frozen-ViT features gives the losses of training
+with the ViT; the GPU step script runs on the CPU with --tiny."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reg2rg import bench
+from reg2rg.cli import main as cli_main
+from reg2rg.constants import REGIONS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_loader_writes_its_keys(tmp_path):
+    out = tmp_path / "loader.json"
+    assert cli_main(["bench", "loader", "--shape", "64", "64", "32", "--input-size", "32", "32", "8",
+                     "--repeats", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("baseline_samples_per_s", "samples_per_s", "ratio", "cache_bytes_per_scan",
+                "ingested_bytes_per_scan", "peak_rss_bytes"):
+        assert r[key] > 0, key
+    assert r["regions_per_sample"] == len(REGIONS)
+    assert r["ratio"] == round(r["samples_per_s"] / r["baseline_samples_per_s"], 2)
+
+
+class _Conn:
+    def __init__(self, jobs):
+        self.jobs, self.answers = list(jobs), []
+
+    def recv(self):
+        return self.jobs.pop(0)
+
+    def send(self, x):
+        self.answers.append(x)
+
+    def close(self):
+        pass
+
+
+def test_loader_baseline_reads_every_file_as_float64_with_nibabel(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    files = bench.write_loader_scan(tmp_path, (48, 48, 24))
+    loaded = []
+    real_load = nib.load
+
+    def spy_load(path, *a, **k):
+        img = real_load(path, *a, **k)
+        real_fdata = img.get_fdata
+
+        def get_fdata(*a2, **k2):
+            arr = real_fdata(*a2, **k2)
+            loaded.append((Path(path).name, arr.dtype))
+            return arr
+
+        img.get_fdata = get_fdata
+        return img
+
+    monkeypatch.setattr(nib, "load", spy_load)
+    conn = _Conn([("baseline", str(files["volume"]), {n: str(p) for n, p in files["region_files"].items()}), None])
+    bench._loader_worker(conn, None, (16, 16, 8), [], 1)
+    assert len(conn.answers) == 1 and conn.answers[0][3] == len(REGIONS)
+    assert sorted(n for n, _ in loaded) == sorted(["volume.nii.gz"] + [f"{r}.nii.gz" for r in REGIONS])
+    assert {d for _, d in loaded} == {np.dtype(np.float64)}
+
+
+def test_bench_padding_and_frozen_write_their_keys(monkeypatch):
+    p = bench.bench_padding(batch_size=1, steps=1, regions=2)
+    for key in ("baseline_tokens_per_s", "tokens_per_s", "ratio"):
+        assert p[key] > 0
+    assert max(p["padded_length_per_batch"]) < bench.PAD_TO
+    f = bench.bench_frozen(batch_size=1, steps=1, regions=2)
+    for key in ("baseline_step_s", "step_s", "ratio", "feature_bytes_per_scan"):
+        assert f[key] > 0
+    assert f["first_loss_abs_diff"] < 1e-3
+
+
+def test_training_on_cached_vit_features_gives_the_same_losses(tmp_path):
+    from reg2rg.model import load_preset, load_tokenizer, train_tiny_tokenizer
+    from reg2rg.train import TrainingConfig, VIT_FEATURES_DIR, train
+
+    cfg = load_preset("tiny", freeze_vit=True, input_size=[32, 32, 8], vit={"patch_size": [16, 16, 4]},
+                      mask_encoder={"patch_size": [16, 16, 8]}, perceiver={"num_latents": 4}, lora={"dropout": 0.0},
+                      llm={"sizes": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                     "num_key_value_heads": 2, "intermediate_size": 64,
+                                     "max_position_embeddings": 1024}})
+    train_tiny_tokenizer([f"The region {i} is {a}: ok." for i in range(1, 11) for a in REGIONS] * 3, 300,
+                         tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    x, y, z = cfg.input_size
+    g = torch.Generator().manual_seed(0)
+    items = [{"case_id": f"c{s}", "global": torch.rand(1, z, y, x, generator=g) * 2 - 1,
+              "texture": torch.rand(3, 1, z, y, x, generator=g) * 2 - 1,
+              "geometry": (torch.rand(3, 1, z, y, x, generator=g) > 0.5).float(), "regions": [1, 4, 7],
+              "region_texts": ["ok."] * 3, "report": None} for s in range(4)]
+    losses = {}
+    for cached in (False, True):
+        training = TrainingConfig(max_steps=3, per_device_batch_size=2, effective_batch_size=2, warmup_steps=1,
+                                  learning_rate=1e-3, mixed_precision="no", seed=0, checkpoint_every=100,
+                                  log_every=1, num_workers=0, cache_vit_features=cached)
+        work = tmp_path / f"work{int(cached)}"
+        train(cfg, training, dataset=items, tokenizer=tok, work_dir=work, out_dir=tmp_path / f"model{int(cached)}")
+        log = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
+        losses[cached] = [r["loss"] for r in log]
+        if cached:
+            assert len(list((work / VIT_FEATURES_DIR).glob("*.safetensors"))) == len(items)
+    assert len(losses[True]) == 3
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3, atol=2e-3)
+
+
+def test_gpu_train_step_runs_tiny_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train_step.py"), "--tiny", "--cpu",
+                           "--steps", "1", "--regions", "2", "--target-tokens", "40", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["runs"]) == {"no_checkpointing", "no_checkpointing_cached_vit", "checkpointing",
+                              "checkpointing_cached_vit"}
+    assert all(v["samples_per_s"] > 0 for v in r["runs"].values())
