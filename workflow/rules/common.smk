@@ -1,7 +1,13 @@
 # Helpers and input functions shared by the rule files.
+import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+
+# Shell steps (`accelerate launch`, `python -m reg2rg ...`) use the environment Snakemake runs in, also when it
+# was started as .venv/bin/snakemake without activating the venv; a rule's conda env, when used, comes first.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 DATASETS = config["datasets"]
 SPLITS = ["train", "test"]
