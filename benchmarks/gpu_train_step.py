@@ -37,9 +37,9 @@ def build(tiny: bool, tokenizer_dir: Path, vocab: int):
     train_tiny_tokenizer(texts, vocab, tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     if tiny:
-        config = load_preset("tiny", freeze_vit=True)
+        config = load_preset("tiny", freeze_vit=True, gradient_checkpointing=False)
     else:
-        config = load_preset("paper", vision_checkpoint=None, perceiver_checkpoint=None,
+        config = load_preset("paper", vision_checkpoint=None, perceiver_checkpoint=None, gradient_checkpointing=False,
                              llm={"arch": "llama", "path": None, "sizes": LLAMA2_7B, "vocab_size": 32000,
                                   "dtype": "bfloat16", "train_base": False})
     return tokenizer, config
@@ -94,7 +94,8 @@ def run(args) -> dict:
             if ckpt:
                 model.enable_gradient_checkpointing()
             model.to(device)
-            if dtype is not None:  # the trained modules in bf16 too (DeepSpeed bf16 does so)
+            if dtype is not None:  # the trained modules in bf16 too, without DeepSpeed's fp32 master copy and
+                # fp32 Adam states (16 bytes per trained parameter more in a real run)
                 model.to(dtype)
             model.train()
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
