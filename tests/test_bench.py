@@ -125,3 +125,21 @@ def test_gpu_train_step_runs_tiny_on_the_cpu(tmp_path):
     assert set(r["runs"]) == {"no_checkpointing", "no_checkpointing_cached_vit", "checkpointing",
                               "checkpointing_cached_vit"}
     assert all(v["samples_per_s"] > 0 for v in r["runs"].values())
+
+
+def test_geometry_only_items_match_the_full_items(tmp_path):
+    import pandas as pd
+
+    from reg2rg.cache import cache_scan
+    from reg2rg.data import Reg2RGDataset, collate_visual
+
+    files = bench.write_loader_scan(tmp_path, (48, 48, 24))
+    cache_scan(files["volume"], files["label"], tmp_path / "cache" / "s.safetensors", (16, 16, 8))
+    df = pd.DataFrame([{"case_id": "s", "split": "train", "status": "included", "region_texts": ["t"] * len(REGIONS),
+                        "regions_usable": list(REGIONS), "report": None}])
+    full = Reg2RGDataset(df, tmp_path / "cache", (16, 16, 8))[0]
+    geo = Reg2RGDataset(df, tmp_path / "cache", (16, 16, 8), images=False)[0]
+    assert "global" not in geo and "texture" not in geo and geo["regions"] == full["regions"]
+    assert torch.equal(geo["geometry"], full["geometry"])
+    batch = collate_visual([geo, geo], layout="xyz")
+    assert "global" not in batch and batch["geometry"].shape[0] == 2 * len(geo["regions"])
