@@ -1,13 +1,15 @@
 # Helpers and input functions shared by the rule files.
-import os
 import sys
 from pathlib import Path
 
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 from snakemake.exceptions import WorkflowError
 
-# Shell steps (`accelerate launch`, `python -m reg2rg ...`) use the environment Snakemake runs in, also when it
-# was started as .venv/bin/snakemake without activating the venv; a rule's conda env, when used, comes first.
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# Without --use-conda, shell steps (`accelerate launch`, `python -m reg2rg ...`) run in the environment Snakemake
+# runs in, also when it was started as .venv/bin/snakemake without activating the venv.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
 
 DATASETS = config["datasets"]
 SPLITS = ["train", "test"]
