@@ -32,6 +32,13 @@ rule all:
     default_target: True
 
 
+# The CTRG chain on the CPU demo: DICOM ingest, SAT-format import (a stand-in for a SAT run), rules report
+# splitting, manifests, cache, training of the tiny preset.
+rule train_demo_ctrg:
+    input:
+        "results/demo_ctrg/model",
+
+
 # CTRG-Chest-548K end to end: SAT masks, LLM-split region reports, manifests, cache, training (docs/ctrg.md).
 rule train_ctrg:
     input:

@@ -58,6 +58,7 @@ from reg2rg.data import (
     geometry_counts,
     global_sums,
     size_zyx,
+    windowed_to_hu_scale,
 )
 from reg2rg.errors import InputError
 
@@ -179,13 +180,14 @@ def _encode_ct(ct: np.ndarray, other_bytes: int, source_bytes: int) -> tuple[dic
     return tensors, {"encoding": "byteplanes", "planes": modes}
 
 
-def _up_to_date(out_path: Path, side_path: Path, volume_path: Path, mask_path: Path, input_size) -> dict | None:
+def _up_to_date(out_path: Path, side_path: Path, volume_path: Path, mask_path: Path, input_size,
+                intensity_mode: str = "hu") -> dict | None:
     if not (out_path.is_file() and side_path.is_file()):
         return None
     try:
         meta = json.loads(side_path.read_text())
         if (meta.get("format_version") != FORMAT_VERSION or meta.get("input_size") != list(input_size)
-                or meta.get("bytes") != out_path.stat().st_size):
+                or meta.get("intensity_mode", "hu") != intensity_mode or meta.get("bytes") != out_path.stat().st_size):
             return None
         for key, path in (("volume", volume_path), ("mask", mask_path)):
             rec, st = meta["sources"][key], path.stat()
@@ -198,7 +200,7 @@ def _up_to_date(out_path: Path, side_path: Path, volume_path: Path, mask_path: P
     return meta
 
 
-def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) -> dict:
+def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, intensity_mode: str = "hu") -> dict:
     """Write the cache of one scan for the model input size `input_size` (x, y, z): `out_path`
     (`{case_id}.safetensors`) and its JSON sidecar beside it (see the module docstring), from an ingested
     volume (int16 HU) and its uint16 region label file on the same grid. Returns the sidecar. Does nothing
@@ -206,7 +208,11 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
 
     Raises InputError naming the file when a source is unreadable, the mask is on another grid or holds bits
     beyond the 10 regions, the volume has no voxel above -1000 HU, or no region has a mask voxel above
-    -1000 HU (all masks empty: the manifest excludes such scans)."""
+    -1000 HU (all masks empty: the manifest excludes such scans).
+
+    `intensity_mode` is the manifest's: `hu`, or `windowed` for 8-bit windowed volumes (CTRG), which are
+    put on the HU scale of the model window first (reg2rg.data.windowed_to_hu_scale), so that the rest of the
+    data path normalises them to x / 255 * 2 - 1 instead of clamping 8-bit values as HU."""
     from safetensors.numpy import save_file
 
     volume_path, mask_path, out_path = Path(volume_path), Path(mask_path), Path(out_path)
@@ -215,13 +221,17 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
     input_size = [int(v) for v in input_size]
     size_zyx(input_size)  # validates
     side_path = sidecar_path(out_path)
-    meta = _up_to_date(out_path, side_path, volume_path, mask_path, input_size)
+    if intensity_mode not in ("hu", "windowed"):
+        raise ValueError(f"intensity_mode must be hu or windowed, got {intensity_mode!r}")
+    meta = _up_to_date(out_path, side_path, volume_path, mask_path, input_size, intensity_mode)
     if meta is not None:
         log.info("%s: up to date, skipped", out_path)
         return meta
 
     ct, vol_geom = _read_image(volume_path, "volume")
     ct = _as_int16(ct, volume_path)
+    if intensity_mode == "windowed":
+        ct = windowed_to_hu_scale(ct)
     label, mask_geom = _read_image(mask_path, "region mask")
     if not _same_grid(vol_geom, mask_geom):
         raise InputError(mask_path, f"the mask's grid (size {mask_geom['size']}, spacing {mask_geom['spacing']}, "
@@ -315,6 +325,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE) ->
         "file": out_path.name,
         "bytes": out_path.stat().st_size,
         "input_size": input_size,
+        "intensity_mode": intensity_mode,
         "sources": sources,
         "volume": vol_geom,
         "body": {"start": [int(v) for v in start[::-1]], "size": [int(v) for v in bsize[::-1]],
@@ -507,7 +518,8 @@ def cache_manifest(manifest_df, out_dir, threads: int = 1, input_size=PAPER_INPU
         else:
             jobs.append((case, {"volume_path": row["volume"], "mask_path": row["mask"],
                                 "out_path": str(out_dir / f"{case}.safetensors"),
-                                "input_size": [int(v) for v in input_size]}))
+                                "input_size": [int(v) for v in input_size],
+                                "intensity_mode": row.get("intensity_mode") or "hu"}))
     status = run_per_case(cache_scan, jobs, threads=threads, desc="cache")
     status = pd.concat([status, pd.DataFrame(rows, columns=["case_id", "status", "reason"])], ignore_index=True)
     caches, cache_bytes, source_bytes = [], [], []

@@ -114,6 +114,15 @@ def normalize_hu(arr):
     return ((a - np.float32(HU_CENTER)) / np.float32(HU_SCALE)).astype(np.float32, copy=False)
 
 
+def windowed_to_hu_scale(arr):
+    """8-bit windowed values (CTRG) -> int16 on the HU scale of the model window: 0 -> -1000, 255 -> 200.
+
+    normalize_hu then gives x / 255 * 2 - 1 (the 8 bits already are a window), the body crop keeps the
+    voxels above 0, and -1024 outside a region mask stays black."""
+    a = np.clip(np.asarray(arr, dtype=np.float32), 0, 255)
+    return np.rint(HU_MIN + a * np.float32((HU_MAX - HU_MIN) / 255.0)).astype(np.int16)
+
+
 def bbox(mask) -> Box | None:
     """Bounding box (slices, array order) of the true voxels of a 3-D array; None when there is none."""
     m = np.asarray(mask, dtype=bool)

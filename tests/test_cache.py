@@ -247,3 +247,34 @@ def test_cache_manifest_reports_every_scan(scans, tmp_path):
     assert rows["bad"].status == "error" and "allempty.nii.gz" in rows["bad"].reason
     assert pd.isna(rows["bad"].cache)
     status.to_parquet(tmp_path / "status.parquet")  # the rule's output
+
+
+def test_windowed_volumes_reach_the_model_as_x_over_255(tmp_path):
+    """An 8-bit windowed volume (CTRG) is normalised as x / 255 * 2 - 1, not clamped as HU."""
+    from reg2rg.ctrg import windowed_to_model_range
+    from reg2rg.data import normalize_hu, scan_inputs, windowed_to_hu_scale
+
+    levels = np.arange(256, dtype=np.int16)
+    assert np.allclose(normalize_hu(windowed_to_hu_scale(levels)), windowed_to_model_range(levels), atol=1e-3)
+
+    rng = np.random.default_rng(0)
+    vol = np.zeros((16, 32, 32), np.int16)
+    vol[2:14, 4:28, 4:28] = rng.integers(1, 256, (12, 24, 24))
+    mask = np.zeros(vol.shape, np.uint16)
+    mask[2:14, 4:28, 4:28] = 1 << REGIONS.index("lung")
+    ref = sitk.GetImageFromArray(vol)
+    vpath, mpath = tmp_path / "w.nii.gz", tmp_path / "m.nii.gz"
+    sitk.WriteImage(ref, str(vpath))
+    m = sitk.GetImageFromArray(mask)
+    m.CopyInformation(ref)
+    sitk.WriteImage(m, str(mpath))
+    size = (24, 24, 12)  # the body crop's own size (x, y, z): resizing is the identity
+    cache_scan(vpath, mpath, tmp_path / "w.safetensors", size, intensity_mode="windowed")
+    scan = read_cache(tmp_path / "w.safetensors")
+    assert scan.meta["intensity_mode"] == "windowed"
+    glob = scan_inputs(scan, [REGIONS.index("lung")])["global"][0].numpy()
+    assert np.allclose(glob, windowed_to_model_range(vol[2:14, 4:28, 4:28]), atol=1e-3)
+    # The same file cached as HU is a different cache (rebuilt, not reused) and clamps to the window's top.
+    cache_scan(vpath, mpath, tmp_path / "w.safetensors", size)
+    hu = scan_inputs(read_cache(tmp_path / "w.safetensors"), [REGIONS.index("lung")])["global"][0].numpy()
+    assert not np.allclose(hu, glob, atol=1e-2)

@@ -66,12 +66,12 @@ def model_preset(dataset):
 
 
 def training_settings(dataset):
-    """training.<preset> of the data set's model preset."""
+    """training.<preset> of the data set's model preset, with the data set's own `training:` overrides."""
     name = model_preset_name(dataset)
     settings = config.get("training", {}).get(name)
     if settings is None:
         raise WorkflowError(f"no training settings for preset {name!r}: add training.{name} to the config")
-    return settings
+    return {**settings, **DATASETS[dataset].get("training", {})}
 
 
 def generation_resources(dataset):
