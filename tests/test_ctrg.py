@@ -184,16 +184,20 @@ def test_train_ctrg_without_root_says_which_key_to_set(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_ctrg_manifest_end_to_end(tmp_path):
+def test_train_demo_ctrg_end_to_end(tmp_path):
+    """`snakemake train_demo_ctrg`: DICOM ingest -> SAT-format import -> split -> manifest -> cache -> train."""
     import yaml
 
     wd = _workflow_copy(tmp_path / "wf")
     (wd / "small.yaml").write_text(yaml.safe_dump(
         {"datasets": {"demo_ctrg": {"generate": {"cases": 4, "seed": 3, "test_fraction": 0.25,
-                                                 "shape": list(SMALL)}}}}))
-    _run_snakemake(wd, "results/demo_ctrg/manifest/train.parquet", "results/demo_ctrg/manifest/test.parquet",
-                   "--configfile", "small.yaml")
+                                                 "shape": list(SMALL)},
+                                    "training": {"max_steps": 2, "checkpoint_every": 2}}}}))
+    _run_snakemake(wd, "train_demo_ctrg", "results/demo_ctrg/manifest/test.parquet", "--configfile", "small.yaml")
     res = wd / "results" / "demo_ctrg"
+    run = json.loads((res / "model" / "run_config.json").read_text())
+    assert run["training"]["max_steps"] == 2
+    assert (res / "model" / "adapter" / "adapter_config.json").is_file()
     m = pd.concat([pd.read_parquet(res / "manifest" / f"{s}.parquet") for s in ("train", "test")])
     summary = json.loads((res / "raw" / demo.SUMMARY_FILE).read_text())
     assert sorted(m.case_id) == sorted(summary["labels"]) and (m.status == "included").all()
