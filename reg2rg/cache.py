@@ -38,7 +38,6 @@ Sidecar (3-vectors in ITK order [x, y, z], as everywhere in docs/formats.md):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from reg2rg.data import (
     size_zyx,
     windowed_to_hu_scale,
 )
+from reg2rg.files import sha256_file as _sha256
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,6 @@ def sidecar_path(cache_path: str | Path) -> Path:
     return p.with_name(name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _source_record(path: Path) -> dict:

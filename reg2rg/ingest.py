@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from reg2rg.constants import OUTSIDE_HU
+from reg2rg.files import sha256_files as _sha256_files
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,6 @@ def short_hash(text: str) -> str:
     return hashlib.sha256(str(text).encode()).hexdigest()[:8]
 
 
-def _sha256_files(paths) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _format_of(path: Path) -> str | None:

@@ -23,7 +23,6 @@ Sidecar (`<out>.json`, beside `<out>.nii.gz`):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
+from reg2rg.files import sha256_file as _sha256
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,6 @@ def sidecar_path(out_path: str | Path) -> Path:
     return p.with_name(name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def region_mask_files(seg_dir: str | Path) -> dict[str, Path | None]:

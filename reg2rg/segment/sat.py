@@ -29,7 +29,6 @@ when present), failing loudly instead of importing a shifted mask.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from reg2rg.constants import REGIONS, region_index
+from reg2rg.files import sha256_file as _sha256
 from reg2rg.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,6 @@ def foreground_box(arr_ras: np.ndarray) -> tuple[list[int], list[int]]:
     return start, end
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_json(data: dict, path: Path) -> None:
