@@ -160,6 +160,8 @@ def _add_report(sub):
     p.add_argument("--ct", required=True, help="the scan: DICOM series folder, NIfTI, NRRD or MHA")
     p.add_argument("--masks", help="folder with one {region}.nii.gz per region, or a reg2rg uint16 label file")
     p.add_argument("--segmenter", choices=["sat"], help="segment the scan instead of --masks (needs SAT configured)")
+    p.add_argument("--sat-config", help="with --segmenter sat: YAML with the keys of datasets.<name>.segmentation.sat "
+                                        "(repo, checkpoint, text_encoder_checkpoint, ...; optionally prompts)")
     p.add_argument("--out", required=True, help="report JSON to write")
     p.add_argument("--html", help="also write this self-contained HTML page")
     p.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")

@@ -10,7 +10,8 @@ Masks (`--masks`), either
   e.g. `lung.nii.gz`, `trachea and bronchie.nii.gz`); any grid: placed in physical space; or
 - a reg2rg uint16 label file (bit i <=> REGIONS[i], the masks stage's format), given as the file or as a
   folder holding only it.
-`--segmenter sat` asks reg2rg.segment for a SAT runner; without one configured it is a ConfigError.
+`--segmenter sat` runs SAT on the scan (reg2rg.segment.sat.run_sat_case) with the settings of `--sat-config FILE`;
+without them it is a ConfigError.
 
 The JSON (schema: reg2rg/schemas/report.schema.json) holds, per prompted region, its index, the area of its
 mask, the area the model named, whether they agree, flags and the text; a region whose named area differs
@@ -138,18 +139,33 @@ def place_masks(volume_path, masks, out_path, work) -> dict:
     return side
 
 
-def segment_with_sat(volume_path, out_path, work) -> dict:
-    """Masks from SAT through reg2rg.segment, when it offers a runner for one scan (`run_sat_case`)."""
+def load_sat_config(path) -> dict:
+    """SAT settings from a YAML file with the keys of `datasets.<name>.segmentation.sat` in config/config.yaml
+    (repo, checkpoint, text_encoder_checkpoint, vision_backbone, ...; optionally `prompts`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "SAT config not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a mapping with the keys of segmentation.sat (repo, checkpoint, ...)")
+    return data
+
+
+def segment_with_sat(volume_path, out_path, work, sat_settings: dict | None = None) -> dict:
+    """Masks from SAT for one scan (reg2rg.segment.sat.run_sat_case) with `sat_settings` (--sat-config)."""
     try:
         from reg2rg.segment import sat
     except ImportError as err:
         raise ConfigError(f"--segmenter sat: reg2rg.segment is not available ({err}); give --masks") from err
-    runner = getattr(sat, "run_sat_case", None)
-    if runner is None:
-        raise ConfigError("--segmenter sat: SAT must be configured (a SAT checkout, checkpoint and "
-                          "reg2rg.segment.sat.run_sat_case); this installation only imports SAT output made by "
-                          "the workflow's sat_run rule. Run SAT there, or give --masks DIR")
-    return runner(volume_path, out_path, work)
+    if not sat_settings:
+        raise ConfigError("--segmenter sat: SAT must be configured: give --sat-config FILE (YAML with the keys of "
+                          "segmentation.sat: repo, checkpoint, text_encoder_checkpoint, ...), or give --masks DIR")
+    return sat.run_sat_case(volume_path, out_path, Path(work) / "sat", sat_settings)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -202,7 +218,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None, html=None, settings=None,
-                device=None, work_dir=None, series_uid=None) -> dict:
+                device=None, work_dir=None, series_uid=None, sat_settings: dict | None = None) -> dict:
     """Generate the grounded report of one scan and write `out` (JSON) and `html` (optional page). Returns
     the report dict. See the module docstring."""
     import pandas as pd
@@ -234,7 +250,7 @@ def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None,
         if masks is not None:
             mask_side = place_masks(volume, masks, mask_path, tmp)
         else:
-            mask_side = segment_with_sat(volume, mask_path, tmp)
+            mask_side = segment_with_sat(volume, mask_path, tmp, sat_settings)
         (tmp / "cache").mkdir()
         try:
             cache_scan(volume, mask_path, tmp / "cache" / f"{case_id}.safetensors",
@@ -276,6 +292,8 @@ def cli(args) -> int:
     overrides = {k: getattr(args, k, None) for k in ("max_new_tokens", "do_sample", "num_beams", "temperature",
                                                      "top_k", "top_p", "repetition_penalty", "seed")}
     settings = GenerationSettings.from_dict({"batch_size": 1}, **overrides)
+    sat_config = getattr(args, "sat_config", None)
     make_report(args.model, args.ct, args.out, masks=args.masks, segmenter=args.segmenter, html=args.html,
-                settings=settings, device=args.device, series_uid=args.series)
+                settings=settings, device=args.device, series_uid=args.series,
+                sat_settings=load_sat_config(sat_config) if sat_config else None)
     return 0

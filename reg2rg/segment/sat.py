@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -410,3 +411,120 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
                                      f"SAT wrote no file for its prompt(s) {asked}")
     _write_json(side, sidecar_path(out_path))
     return side
+
+
+# ------------------------------------------------------------------------------------------------ run (one scan)
+SAT_DATASET = "reg2rg"  # the jsonl's `dataset` (the workflow's SAT_JSONL_DATASET): SAT writes {rcd_dir}/reg2rg/
+SAT_REQUIRED = {"repo": "your checkout of github.com/zhaoziheng/SAT", "checkpoint": "the SAT-Pro/Nano checkpoint",
+                "text_encoder_checkpoint": "SAT's text encoder checkpoint"}
+SAT_DEFAULTS = {"vision_backbone": "UNET-L", "text_encoder": "ours", "batchsize_3d": 1, "max_queries": 256,
+                "master_port": 29517}
+LOG_TAIL_LINES = 30
+
+
+def sat_settings(settings: dict | None) -> dict:
+    """The SAT settings (keys of `datasets.<name>.segmentation.sat`) with defaults filled in and the paths
+    absolute. Raises ConfigError naming the `segmentation.sat.*` keys that are unset or point nowhere."""
+    settings = dict(settings or {})
+    missing = [k for k in SAT_REQUIRED if settings.get(k) in (None, "")]
+    if missing:
+        raise ConfigError("SAT must be configured: set " + ", ".join(
+            f"segmentation.sat.{k} ({SAT_REQUIRED[k]})" for k in missing)
+            + " (in a --sat-config file: the keys " + ", ".join(missing) + ")")
+    out = {**SAT_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    for k in SAT_REQUIRED:
+        out[k] = os.path.abspath(os.path.expanduser(str(out[k])))
+        if not os.path.exists(out[k]):
+            raise ConfigError(f"segmentation.sat.{k}: {out[k]} does not exist")
+    if not os.path.isfile(os.path.join(out["repo"], "inference.py")):
+        raise ConfigError(f"segmentation.sat.repo: {out['repo']} has no inference.py (not a SAT checkout)")
+    return out
+
+
+def torchrun_executable() -> str:
+    """torchrun beside the current Python (its environment), else on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "torchrun"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("torchrun")
+    if found is None:
+        raise ConfigError(f"SAT runs with torchrun: none beside {sys.executable} nor on PATH (install torch)")
+    return found
+
+
+def sat_command(settings: dict, jsonl, out_dir, torchrun: str = "torchrun") -> list[str]:
+    """SAT's inference command for one GPU (run in the SAT checkout), as the workflow's sat_run rule runs it.
+    `settings` as sat_settings returns them."""
+    s = {**SAT_DEFAULTS, **settings}
+    return [torchrun, "--nproc_per_node=1", "--master_port", str(s["master_port"]), "inference.py",
+            "--rcd_dir", str(os.path.abspath(out_dir)), "--datasets_jsonl", str(os.path.abspath(jsonl)),
+            "--vision_backbone", str(s["vision_backbone"]), "--checkpoint", str(s["checkpoint"]),
+            "--text_encoder", str(s["text_encoder"]),
+            "--text_encoder_checkpoint", str(s["text_encoder_checkpoint"]),
+            "--max_queries", str(s["max_queries"]), "--batchsize_3d", str(s["batchsize_3d"])]
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of SAT's log, without torchrun's own traceback (ChildFailedError), which would push
+    SAT's error out of the tail: SAT's last lines, then torchrun's exit code line."""
+    try:
+        text = Path(path).read_text(errors="replace").rstrip()
+    except OSError:
+        return "(no log)"
+    launcher = ""
+    cut = text.find("torch.distributed.elastic.multiprocessing.errors.ChildFailedError")
+    if cut >= 0:
+        start = text.rfind("Traceback (most recent call last):", 0, cut)
+        codes = [ln.strip() for ln in text[cut:].splitlines() if ln.strip().startswith("exitcode")]
+        launcher = f"\n[torchrun: {codes[0]}]" if codes else ""
+        text = text[:start if start >= 0 else cut].rstrip()
+    return ("\n".join(text.splitlines()[-lines:]) or "(empty log)") + launcher
+
+
+def run_sat(settings: dict, jsonl, out_dir, log_path) -> None:
+    """Run SAT's inference (sat_command, cwd the checkout, output and errors to `log_path`). Raises
+    InputError with the log's tail when SAT's U-Net package is missing or SAT fails."""
+    import subprocess
+
+    s = sat_settings(settings)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run([sys.executable, "-c", "import dynamic_network_architectures"], cwd=s["repo"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise ConfigError(f"SAT needs its U-Net package: pip install -e "
+                          f"{s['repo']}/model/dynamic-network-architectures-main (into {sys.prefix})")
+    cmd = sat_command(s, jsonl, out_dir, torchrun_executable())
+    log.info("SAT: %s (in %s, log %s)", " ".join(cmd), s["repo"], log_path)
+    with open(log_path, "w") as fh:
+        rc = subprocess.run(cmd, cwd=s["repo"], stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise InputError(log_path, f"SAT's inference failed (exit status {rc}); its log ends:\n{_log_tail(log_path)}")
+
+
+def run_sat_case(volume_path, out_path, work_dir, settings: dict) -> dict:
+    """Segment one ingested volume with SAT, as the workflow's sat_prepare / sat_run / sat_import rules do for
+    a data set: SAT's input and record (prepare_sat_input), a one-line jsonl with every prompt of
+    region_prompts(settings["prompts"]), SAT's inference (run_sat), and the import (import_sat_case) into
+    `out_path` (the masks stage's uint16 label file + sidecar). Returns the sidecar. `settings`: the keys of
+    `segmentation.sat` (repo, checkpoint, text_encoder_checkpoint, ...), optionally `prompts`,
+    `intensity_mode` (hu, the default for ingested scans, or windowed) and `windowed_window`."""
+    settings = dict(settings or {})
+    s = sat_settings(settings)
+    prompts = region_prompts(settings.get("prompts"))
+    volume_path, work_dir = Path(volume_path), Path(work_dir)
+    case_id = volume_path.name[:-len(".nii.gz")] if volume_path.name.endswith(".nii.gz") else volume_path.stem
+    input_dir = work_dir / "sat_input"
+    record = prepare_sat_input(volume_path, input_dir / f"{case_id}.nii.gz", input_dir / f"{case_id}.json", case_id,
+                               settings.get("intensity_mode", "hu"), settings.get("windowed_window"))
+    if record["empty_foreground"]:
+        raise InputError(volume_path, "no voxel above 0 HU: SAT's foreground crop is empty")
+    jsonl = work_dir / "sat_input.jsonl"
+    jsonl.write_text(jsonl_line(case_id, record["sat_input"]["path"], all_prompts(prompts), SAT_DATASET) + "\n")
+    out_dir = work_dir / "sat_output"
+    run_sat(s, jsonl, out_dir, work_dir / "sat_run.log")
+    return import_sat_case(volume_path, out_dir / SAT_DATASET, input_dir / f"{case_id}.json", prompts, out_path,
+                           work_dir / "sat_regions")
