@@ -110,7 +110,8 @@ def build_prompt(num_regions: int, config=None) -> str:
     if lay.use_global:
         parts.append(GLOBAL_CONTEXT + IMAGE_START + IMAGE_TOKEN * lay.num_image_tokens + IMAGE_END + ". ")
     region = REGION_START + TEXTURE_TOKEN * lay.num_texture_tokens + GEOMETRY_TOKEN * int(lay.use_geometry) + REGION_END
-    for i in range(1, num_regions + 1):
+    # Global only (no region tokens): no region segments; the target is the region texts in their given order.
+    for i in range(1, num_regions + 1 if lay.tokens_per_region else 1):
         parts.append(REGION_INTRO.format(index=i) + region + ". ")
     parts.append(INSTRUCTION)
     return "".join(parts)
@@ -157,7 +158,8 @@ def build_example(tokenizer, region_items, config=None, shuffle_rng=None, *, wit
     lay = _layout(config)
     if max_length is None:
         max_length = getattr(config, "max_seq_len", None)
-    order = _permutation(len(items), shuffle_rng)
+    # Without region tokens nothing in the prompt tells a region order: keep the given (fixed) one.
+    order = _permutation(len(items), shuffle_rng if lay.tokens_per_region else None)
     areas = [str(items[k][0]).strip().lower() for k in order]
     prompt = build_prompt(len(items), lay)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -567,3 +567,27 @@ def test_tiny_model_overfits_one_batch(tok):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0], losses[::10]
+
+
+def test_global_only_baseline_has_no_region_segments(tok):
+    """The ablation `baseline`: global tokens only, the region texts as one report in their given order."""
+    cfg = tiny_config(use_texture=False, use_geometry=False, use_rra=False)
+    model = build_model(cfg, tok).train()
+    batch, vols = make_batch(tok, cfg, [["lung", "heart"], ["bone"]])
+    out = model(**batch, **vols)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    ids = batch["input_ids"]
+    assert (ids == tok.convert_tokens_to_ids(IMAGE_TOKEN)).any()
+    for token in (TEXTURE_TOKEN, GEOMETRY_TOKEN, "<region>"):
+        assert not (ids == tok.convert_tokens_to_ids(token)).any()
+    assert "The region" not in tok.decode(ids[0], skip_special_tokens=True)
+    # No region cue in the prompt, so a shuffling RNG must not reorder the target.
+    import random
+
+    ex = build_example(tok, [("lung", "Lungs clear."), ("heart", "Heart normal.")], cfg, random.Random(3))
+    assert ex.order == [0, 1] and ex.target == "Lungs clear. Heart normal."
+    with pytest.raises(ConfigError, match="use_rra"):
+        tiny_config(use_texture=False, use_geometry=False)
+    with pytest.raises(ConfigError, match="no image"):
+        tiny_config(use_texture=False, use_geometry=False, use_rra=False, use_global=False)

@@ -164,7 +164,12 @@ class Reg2RGConfig:
         if (self.llm.path is None) == (self.llm.sizes is None):
             raise ConfigError("llm: set exactly one of `path` (a local pretrained folder) or `sizes` (random init)")
         if not (self.use_texture or self.use_geometry):
-            raise ConfigError("use_texture and use_geometry are both off: a region would have no visual tokens")
+            # The global-only baseline: no region segments in the prompt, the region texts as one report.
+            if not self.use_global:
+                raise ConfigError("use_global, use_texture and use_geometry are all off: the model would see no image")
+            if self.use_rra:
+                raise ConfigError("use_texture and use_geometry are both off (global only): the prompt has no "
+                                  "regions to align, so use_rra must be off too")
         for name, vit in (("vit", self.vit), ("mask_encoder", self.mask_encoder)):
             for axis, size, patch in zip("xyz", self.input_size, vit.patch_size):
                 if size % patch:
