@@ -18,6 +18,25 @@ def _call(target: str):
     return run
 
 
+def _add_labeler_options(p):
+    """How report texts are labelled with the 18 abnormalities (label, evaluate)."""
+    p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
+    p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
+    p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+
+
+def _add_decoding_options(p):
+    """Decoding settings; unset ones come from the config's `generation:` (greedy by default)."""
+    p.add_argument("--max-new-tokens", type=int, help="default 512")
+    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample instead of greedy decoding (default: greedy)")
+    p.add_argument("--num-beams", type=int, help="default 1")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sampling top-k (default 0: off)")
+    p.add_argument("--top-p", type=float, help="sampling top-p (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, help="default 1.0")
+
+
 def _add_demo_data(sub):
     p = sub.add_parser("demo-data", help="write a synthetic chest CT data set (RadGenome or CTRG layout)")
     p.add_argument("--layout", choices=["radgenome", "ctrg"], default="radgenome")
@@ -85,9 +104,7 @@ def _add_label(sub):
     p.add_argument("--input", required=True, help="CSV with a report text column")
     p.add_argument("--text-column", required=True)
     p.add_argument("--output", required=True, help="CSV: the input's id columns plus 18 label columns (0/1)")
-    p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
-    p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
-    p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    _add_labeler_options(p)
     p.set_defaults(run=_call("reg2rg.evaluate.labelers:cli"))
 
 
@@ -96,9 +113,7 @@ def _add_evaluate(sub):
     p.add_argument("--predictions", required=True, help="Parquet or CSV with case_id, reference, prediction")
     p.add_argument("--out", required=True, help="metrics.json")
     p.add_argument("--protocol", choices=["coco", "reg2rg", "all"], default="all")
-    p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
-    p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
-    p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    _add_labeler_options(p)
     p.add_argument("--meta", help="JSON object or file: dataset, model_preset, decoding, config_digest")
     p.set_defaults(run=_call("reg2rg.evaluate:cli"))
 
@@ -140,14 +155,7 @@ def _add_generate(sub):
     p.add_argument("--limit", type=int, help="only the first N scans")
     p.add_argument("--batch-size", type=int, help="scans per generate call (default 4)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers reading the cache (default 0)")
-    p.add_argument("--max-new-tokens", type=int, help="default 512")
-    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
-                   help="sample instead of greedy decoding (default: greedy)")
-    p.add_argument("--num-beams", type=int, help="default 1")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
-    p.add_argument("--top-k", type=int, help="sampling top-k (default 0: off)")
-    p.add_argument("--top-p", type=float, help="sampling top-p (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, help="default 1.0")
+    _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="seed of sampling and of --shuffle-regions (default 0)")
     p.add_argument("--shuffle-regions", action=argparse.BooleanOptionalAction, default=None,
                    help="prompt the regions in a seeded random order (default: REGIONS order)")
@@ -166,14 +174,7 @@ def _add_report(sub):
     p.add_argument("--html", help="also write this self-contained HTML page")
     p.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--max-new-tokens", type=int, help="default 512")
-    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
-                   help="sample instead of greedy decoding (default: greedy)")
-    p.add_argument("--num-beams", type=int, help="default 1")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
+    _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
     p.set_defaults(run=_call("reg2rg.report:cli"))
 

@@ -27,9 +27,8 @@ from reg2rg.data import (
 )
 from reg2rg.errors import InputError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA
+
 TS = DATA / "totalseg-chest-crop"
 CIP = DATA / "cip-ct64"
 

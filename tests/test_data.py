@@ -2,7 +2,6 @@
 choice and the visual collate."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,9 +32,8 @@ from reg2rg.data import (
     size_zyx,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA
+
 TS = DATA / "totalseg-chest-crop"
 
 MEDIASTINUM, BONE, THYROID, LUNG = (REGIONS.index(r) for r in ("mediastinum", "bone", "thyroid", "lung"))

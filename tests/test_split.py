@@ -28,9 +28,8 @@ from reg2rg.split.table import split_report_table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_standin import StandinServer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
+from conftest import SHARED_DATA as SHARED
+
 CT_RATE_REPORTS = SHARED / "ct-clip-reports" / "train.csv"
 
 REPORT = ("Trachea and both main bronchi are open. The heart is enlarged (cardiomegaly). "
