@@ -10,11 +10,10 @@ reported it) and over all areas.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reg2rg.errors import InputError
+from reg2rg.files import read_json
 
 # The paper's settings (Table 5): baseline, then adding texture, geometry, global, RRA; plus two more.
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
@@ -73,13 +72,7 @@ def row_from_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def load_metrics(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "metrics file not found") from None
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"not valid JSON: {err}") from None
+    return read_json(path, "metrics file")
 
 
 def _fmt(v, digits: int) -> str:

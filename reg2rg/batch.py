@@ -39,8 +39,10 @@ def _run_one(func: Callable[..., Any], case_id: str, kwargs: dict) -> dict:
 
 
 def run_per_case(func: Callable[..., Any], jobs: Iterable[tuple[str, dict]], threads: int = 1,
-                 desc: str = "scans"):
-    """Call func(**kwargs) for each (case_id, kwargs); return a DataFrame `case_id, status, reason`.
+                 desc: str = "scans", not_run: Iterable[dict] = ()):
+    """Call func(**kwargs) for each (case_id, kwargs); return a DataFrame `case_id, status, reason`, sorted
+    by case_id, that also holds the `not_run` rows (scans an earlier stage did not make: `case_id, status,
+    reason`, status `skipped` or `error`), so that every scan of the stage has its row.
 
     `func` must be importable at module level (it is sent to worker processes).
     """
@@ -57,9 +59,12 @@ def run_per_case(func: Callable[..., Any], jobs: Iterable[tuple[str, dict]], thr
             futures = [pool.submit(_run_one, func, case_id, kwargs) for case_id, kwargs in jobs]
             for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="scan"):
                 rows.append(fut.result())
-    status = pd.DataFrame(rows, columns=["case_id", "status", "reason"]).sort_values("case_id")
+    status = pd.DataFrame(rows, columns=["case_id", "status", "reason"])
     failed = status[status.status != "ok"]
     for row in failed.itertuples():
         log.warning("%s %s: %s", desc, row.case_id, row.reason)
     log.info("%s: %d ok, %d failed", desc, len(status) - len(failed), len(failed))
-    return status.reset_index(drop=True)
+    not_run = list(not_run)
+    if not_run:
+        status = pd.concat([status, pd.DataFrame(not_run, columns=status.columns)], ignore_index=True)
+    return status.sort_values("case_id").reset_index(drop=True)

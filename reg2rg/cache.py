@@ -59,7 +59,7 @@ from reg2rg.data import (
     size_zyx,
     windowed_to_hu_scale,
 )
-from reg2rg.files import sha256_file as _sha256
+from reg2rg.files import read_json, sha256_file as _sha256
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -444,14 +444,9 @@ def read_cache(path) -> CachedScan:
     if path.name.endswith(".json"):
         path = path.with_name(path.name[: -len(".json")] + ".safetensors")
     side = sidecar_path(path)
-    if not side.is_file():
-        raise InputError(side, "cache sidecar not found (run the cache stage)")
+    meta = read_json(side, "cache sidecar", "run the cache stage")
     if not path.is_file():
         raise InputError(path, "cache file not found (run the cache stage)")
-    try:
-        meta = json.loads(side.read_text())
-    except ValueError as err:
-        raise InputError(side, f"not valid JSON: {err}") from err
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(side, f"cache format {meta.get('format_version')}, expected {FORMAT_VERSION}: "
                                "rerun the cache stage")
@@ -514,8 +509,7 @@ def cache_manifest(manifest_df, out_dir, threads: int = 1, input_size=PAPER_INPU
                                 "out_path": str(out_dir / f"{case}.safetensors"),
                                 "input_size": [int(v) for v in input_size],
                                 "intensity_mode": row.get("intensity_mode") or "hu"}))
-    status = run_per_case(cache_scan, jobs, threads=threads, desc="cache")
-    status = pd.concat([status, pd.DataFrame(rows, columns=["case_id", "status", "reason"])], ignore_index=True)
+    status = run_per_case(cache_scan, jobs, threads=threads, desc="cache", not_run=rows)
     caches, cache_bytes, source_bytes = [], [], []
     for r in status.itertuples():
         if r.status == "ok":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reg2rg.files import read_json
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,7 @@ def read_annotation(path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "annotation file not found (expected annotation.json in the data set's root)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise InputError(path, f"not valid JSON: {err}") from None
+    data = read_json(path, "annotation file", "expected annotation.json in the data set's root")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise InputError(path, 'expected {"train": [{"id", "report", "image_path"}, ...], "test": [...]}')
     rows = []

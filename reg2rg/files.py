@@ -18,3 +18,18 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
 
 def sha256_file(path: str | Path) -> str:
     return sha256_files([path])
+
+
+def read_json(path: str | Path, what: str = "file", hint: str = ""):
+    """A JSON file's content; InputError naming the file when it is missing or not valid JSON."""
+    import json
+
+    from reg2rg.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found{f' ({hint})' if hint else ''}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise InputError(path, f"not valid JSON: {err}") from None

@@ -32,7 +32,7 @@ import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
-from reg2rg.files import sha256_file as _sha256
+from reg2rg.files import read_json, sha256_file as _sha256
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -394,12 +394,7 @@ def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
     side_path = sidecar_path(path)
     if not path.is_file():
         raise InputError(path, "region mask file not found")
-    if not side_path.is_file():
-        raise InputError(side_path, "region mask sidecar not found")
-    try:
-        side = json.loads(side_path.read_text())
-    except ValueError as err:
-        raise InputError(side_path, f"not valid JSON: {err}") from err
+    side = read_json(side_path, "region mask sidecar")
     if side.get("regions") != list(REGIONS):
         raise InputError(side_path, f"region order {side.get('regions')!r} differs from {list(REGIONS)!r}")
     try:
@@ -452,7 +447,4 @@ def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: 
             "mask_dir": None if mask_dir is None or pd.isna(mask_dir) else str(mask_dir),
             "out_path": out_dir / f"{inv.case_id}.nii.gz",
         }))
-    status = run_per_case(import_case_masks, jobs, threads=threads, desc="masks")
-    if skipped:
-        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
-    return status.sort_values("case_id").reset_index(drop=True)
+    return run_per_case(import_case_masks, jobs, threads=threads, desc="masks", not_run=skipped)

@@ -29,7 +29,6 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
     (absolute image paths, all prompts of the region mapping). Returns the status table."""
     import json
 
-    import pandas as pd
 
     from reg2rg.batch import run_per_case
 
@@ -45,7 +44,7 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
         jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "out_dir": out_dir,
                                    "case_id": inv.case_id, "intensity_mode": _intensity_mode(inv),
                                    "window": window}))
-    status = run_per_case(prepare_case, jobs, threads=threads, desc="SAT input")
+    status = run_per_case(prepare_case, jobs, threads=threads, desc="SAT input", not_run=skipped)
     empty = []
     for r in status.itertuples():
         if r.status == "ok" and json.loads((out_dir / f"{r.case_id}.json").read_text()).get("empty_foreground"):
@@ -58,9 +57,7 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
     Path(jsonl_path).parent.mkdir(parents=True, exist_ok=True)
     Path(jsonl_path).write_text("".join(line + "\n" for line in lines))
     log.info("SAT jsonl %s: %d scans, %d prompts each", jsonl_path, len(lines), len(labels))
-    if skipped:
-        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
-    return status.sort_values("case_id").reset_index(drop=True)
+    return status
 
 
 def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, standin: dict | None = None):
@@ -95,7 +92,6 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
     the demo's standin.json (stand-in files are checked against our SAT input before import)."""
     import json
 
-    import pandas as pd
 
     from reg2rg.batch import run_per_case
 
@@ -116,7 +112,4 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
                                    "work_dir": Path(work_dir) / inv.case_id,
                                    "standin": None if standin is None else standin.get(inv.case_id, {})}))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    status = run_per_case(import_case, jobs, threads=threads, desc="SAT import")
-    if skipped:
-        status = pd.concat([status, pd.DataFrame(skipped)], ignore_index=True)
-    return status.sort_values("case_id").reset_index(drop=True)
+    return run_per_case(import_case, jobs, threads=threads, desc="SAT import", not_run=skipped)
