@@ -108,3 +108,26 @@ def test_config_settings_match_the_paper_and_build_on_the_tiny_preset():
     assert set(cfg["ablations"]["table"]) <= set(settings)
     for name in cfg["ablations"]["table"]:
         Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], settings[name]["model"]))
+
+
+@pytest.mark.parametrize("training, d_trains", [({}, False), ({"max_steps": 7}, True)])
+def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trains):
+    """`d` is the data set's own model and training: the table evaluates results/{dataset}/model instead of training
+    it a second time, unless ablations.training makes its training differ."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump({"ablations": {"table": ["baseline", "d"],
+                                                                      "training": training}}))
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "results/demo/ablation/table.md", "-n",
+                           "--printshellcmds", "--configfile", "over.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "--out results/demo/ablation/baseline/model" in out
+    assert ("--out results/demo/ablation/d/model" in out) is d_trains
+    assert ("--out results/demo/model " in out) is not d_trains  # the workflow's own model, for d

@@ -5,10 +5,6 @@
 # of ablations.table.
 import json
 
-from reg2rg.ablation import merge_overrides
-
-ABLATIONS = config.get("ablations", {}).get("settings", {})
-
 
 wildcard_constraints:
     ablation="|".join(ABLATIONS) or "no-ablations",
@@ -26,20 +22,8 @@ rule ablation_train:
         zero2_config=launch_config("accelerate/zero2.yaml"),
         deepspeed_config=launch_config("deepspeed/zero2.json"),
         preset=lambda wc: model_preset_name(wc.dataset),
-        preset_json=lambda wc: json.dumps(
-            merge_overrides(model_preset(wc.dataset), ABLATIONS[wc.ablation].get("model", {})), sort_keys=True
-        ),
-        training_json=lambda wc: json.dumps(
-            {
-                k: v
-                for k, v in merge_overrides(
-                    merge_overrides(training_settings(wc.dataset), config["ablations"].get("training", {})),
-                    ABLATIONS[wc.ablation].get("training", {}),
-                ).items()
-                if k != "resources"
-            },
-            sort_keys=True,
-        ),
+        preset_json=lambda wc: json.dumps(ablation_preset(wc.dataset, wc.ablation), sort_keys=True),
+        training_json=lambda wc: json.dumps(ablation_training(wc.dataset, wc.ablation), sort_keys=True),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
         work=lambda wc: f"results/{wc.dataset}/ablation/{wc.ablation}/model_work",
     threads: lambda wc: max(2, training_settings(wc.dataset).get("num_workers", 0))
@@ -65,7 +49,7 @@ rule ablation_train:
 
 rule ablation_generate:
     input:
-        model="results/{dataset}/ablation/{ablation}/model",
+        model=ablation_model,
         manifest="results/{dataset}/manifest/test.parquet",
         cache="results/{dataset}/cache/test.parquet",
     output:

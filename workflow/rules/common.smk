@@ -6,6 +6,8 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.exceptions import WorkflowError
 
+from reg2rg.ablation import merge_overrides
+
 # Without --use-conda, shell steps (`accelerate launch`, `python -m reg2rg ...`) run in the environment Snakemake
 # runs in, also when it was started as .venv/bin/snakemake without activating the venv.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
@@ -177,3 +179,31 @@ def split_resource(dataset, key, default):
 
 def default_targets(dataset):
     return manifest_targets(dataset) + prediction_targets(dataset) + metrics_targets(dataset)
+
+
+# The ablation study (ablation.smk): each setting is the data set's preset and training with overrides.
+ABLATIONS = config.get("ablations", {}).get("settings", {})
+
+
+def ablation_preset(dataset, ablation):
+    """The model preset of one setting: the data set's preset with the setting's model overrides."""
+    return merge_overrides(model_preset(dataset), ABLATIONS[ablation].get("model", {}))
+
+
+def _training_run(settings):
+    return {k: v for k, v in settings.items() if k != "resources"}
+
+
+def ablation_training(dataset, ablation):
+    """The training settings of one setting: the data set's, then ablations.training, then the setting's."""
+    merged = merge_overrides(training_settings(dataset), config["ablations"].get("training", {}))
+    return _training_run(merge_overrides(merged, ABLATIONS[ablation].get("training", {})))
+
+
+def ablation_model(wc):
+    """A setting that is exactly the data set's own model and training (the full model `d` with no
+    ablations.training) reuses results/{dataset}/model instead of training it again."""
+    same = ablation_preset(wc.dataset, wc.ablation) == model_preset(wc.dataset) and ablation_training(
+        wc.dataset, wc.ablation
+    ) == _training_run(training_settings(wc.dataset))
+    return f"results/{wc.dataset}/model" if same else f"results/{wc.dataset}/ablation/{wc.ablation}/model"
