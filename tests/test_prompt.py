@@ -219,3 +219,14 @@ def test_parse_empty_texts():
 def test_parse_area_names_with_spaces_and_case():
     parts = parse_rra("The region 10 is Trachea and Bronchie: Patent.")
     assert [(p.index, p.area) for p in parts] == [(10, "trachea and bronchie")]
+
+
+def test_tiny_tokenizer_gives_every_region_index_one_token(tokenizer):
+    """The index in "The region 7 is" is one token in the prompt and in the target, for every index alike, so the
+    decoder can find region 7's segment by matching that token (with "1" a token and "7" two, it could not)."""
+    from reg2rg.constants import REGIONS
+
+    for i in range(1, len(REGIONS) + 1):
+        prompt = tokenizer.tokenize(f"The region {i} is {REGION_START}")
+        target = tokenizer.tokenize(f"The region {i} is heart: ")
+        assert prompt[:4] == target[:4] and tokenizer.convert_tokens_to_string([prompt[2]]) == f" {i}", prompt

@@ -38,11 +38,15 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int, out_dir):
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    # The prompt's fixed sentences are part of every example: weigh them like frequent text so that they
-    # take few tokens.
-    from reg2rg.prompt import GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO
+    # The prompt's fixed sentences and the RRA prefixes are part of every example: weigh them like frequent
+    # text so that they take few tokens, and every region index alike (each index one token, as "1" is), so
+    # that the decoder can match "The region 7 is" in the target to the prompt's region 7 by token identity.
+    from reg2rg.constants import REGIONS
+    from reg2rg.prompt import GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO, RRA_PREFIX
 
-    fixed = [GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO.format(index=1)] * 10
+    fixed = [GLOBAL_CONTEXT, INSTRUCTION] * 10
+    for i in range(1, len(REGIONS) + 1):
+        fixed += [REGION_INTRO.format(index=i)] * 10 + [RRA_PREFIX.format(index=i, area=a) for a in REGIONS]
     core.train_from_iterator(list(texts) + fixed, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     _add_special_tokens(tokenizer)
