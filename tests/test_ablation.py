@@ -131,3 +131,5 @@ def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trai
     assert "--out results/demo/ablation/baseline/model" in out
     assert ("--out results/demo/ablation/d/model" in out) is d_trains
     assert ("--out results/demo/model " in out) is not d_trains  # the workflow's own model, for d
+    # The tiny preset's training runs one torch thread (training.tiny.resources.threads), whatever the cores.
+    assert "--num_cpu_threads_per_process 1'" in out

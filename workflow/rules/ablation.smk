@@ -26,7 +26,7 @@ rule ablation_train:
         training_json=lambda wc: json.dumps(ablation_training(wc.dataset, wc.ablation), sort_keys=True),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
         work=lambda wc: f"results/{wc.dataset}/ablation/{wc.ablation}/model_work",
-    threads: lambda wc: max(2, training_settings(wc.dataset).get("num_workers", 0))
+    threads: lambda wc: training_threads(wc.dataset)
     resources:
         gpu=lambda wc: training_settings(wc.dataset).get("resources", {}).get("gpu", 0),
         mem_mb=lambda wc: training_settings(wc.dataset).get("resources", {}).get("mem_mb", 8000),
@@ -36,15 +36,7 @@ rule ablation_train:
     log:
         "results/{dataset}/logs/ablation/{ablation}/train.log",
     shell:
-        # As rule train (train.smk): gpu == 0 runs one CPU process, gpu > 0 DeepSpeed ZeRO-2.
-        "if [ {resources.gpu} -gt 0 ]; then"
-        " launch='--config_file {params.zero2_config} --deepspeed_config_file {params.deepspeed_config}"
-        " --num_processes {resources.gpu}';"
-        " else launch='--config_file {params.cpu_config} --num_processes 1'; fi;"
-        " accelerate launch $launch -m reg2rg.train"
-        " --manifest {input.manifest} --cache {input.cache} --work {params.work} --out {output.model}"
-        " --dataset {wildcards.dataset} --preset {params.preset} --preset-json {params.preset_json:q}"
-        " --training-json {params.training_json:q} {params.tokenizer} > {log} 2>&1"
+        TRAIN_SHELL
 
 
 rule ablation_generate:

@@ -76,6 +76,29 @@ def training_settings(dataset):
     return {**settings, **DATASETS[dataset].get("training", {})}
 
 
+# The shell of rules train and ablation_train (inputs manifest, cache; output model; params cpu_config,
+# zero2_config, deepspeed_config, preset, preset_json, training_json, tokenizer, work): `accelerate launch` of
+# reg2rg.train, with gpu == 0 one CPU process with {threads} torch threads, with gpu > 0 DeepSpeed ZeRO-2 with one
+# process per GPU of the job.
+TRAIN_SHELL = (
+    "if [ {resources.gpu} -gt 0 ]; then"
+    " launch='--config_file {params.zero2_config} --deepspeed_config_file {params.deepspeed_config}"
+    " --num_processes {resources.gpu}';"
+    " else launch='--config_file {params.cpu_config} --num_processes 1 --num_cpu_threads_per_process {threads}'; fi;"
+    " accelerate launch $launch -m reg2rg.train"
+    " --manifest {input.manifest} --cache {input.cache} --work {params.work} --out {output.model}"
+    " --dataset {wildcards.dataset} --preset {params.preset} --preset-json {params.preset_json:q}"
+    " --training-json {params.training_json:q} {params.tokenizer} > {log} 2>&1"
+)
+
+
+def training_threads(dataset):
+    """CPU threads of a training job: `training.<preset>.resources.threads`, else 2 or the DataLoader workers.
+    On the CPU they are also torch's threads, fixed so that a run's numbers do not depend on the machine's cores."""
+    settings = training_settings(dataset)
+    return settings.get("resources", {}).get("threads") or max(2, settings.get("num_workers", 0))
+
+
 def generation_resources(dataset):
     return config.get("generation", {}).get("resources", {}).get(model_preset_name(dataset), {})
 

@@ -37,7 +37,7 @@ rule train:
         ),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
         work=lambda wc: f"results/{wc.dataset}/model_work",
-    threads: lambda wc: max(2, training_settings(wc.dataset).get("num_workers", 0))
+    threads: lambda wc: training_threads(wc.dataset)
     resources:
         gpu=lambda wc: training_settings(wc.dataset).get("resources", {}).get("gpu", 0),
         mem_mb=lambda wc: training_settings(wc.dataset).get("resources", {}).get("mem_mb", 8000),
@@ -47,12 +47,4 @@ rule train:
     log:
         "results/{dataset}/logs/train.log",
     shell:
-        # gpu == 0: one process on the CPU; gpu > 0: DeepSpeed ZeRO-2 with one process per GPU of the job.
-        "if [ {resources.gpu} -gt 0 ]; then"
-        " launch='--config_file {params.zero2_config} --deepspeed_config_file {params.deepspeed_config}"
-        " --num_processes {resources.gpu}';"
-        " else launch='--config_file {params.cpu_config} --num_processes 1'; fi;"
-        " accelerate launch $launch -m reg2rg.train"
-        " --manifest {input.manifest} --cache {input.cache} --work {params.work} --out {output.model}"
-        " --dataset {wildcards.dataset} --preset {params.preset} --preset-json {params.preset_json:q}"
-        " --training-json {params.training_json:q} {params.tokenizer} > {log} 2>&1"
+        TRAIN_SHELL
