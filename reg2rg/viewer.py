@@ -258,12 +258,24 @@ def _listify(v) -> list:
     return [dict(x) if isinstance(x, dict) else x for x in list(v)]
 
 
-def _plot_ce(metrics: dict, path: Path) -> Path | None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
+
+
+def _plot_ce(metrics: dict, path: Path) -> Path | None:
+    plt = _pyplot()
     per = (metrics.get("clinical_efficacy") or {}).get("per_label") or []
     if not per:
         return None
@@ -276,17 +288,11 @@ def _plot_ce(metrics: dict, path: Path) -> Path | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 (generated vs reference labels)")
     ax.set_title("Clinical efficacy per label")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_confusion(metrics: dict, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     conf = (metrics.get("region_recognition") or {}).get("confusion") or {}
     counts = np.asarray(conf.get("counts") or [], dtype=float)
@@ -303,10 +309,7 @@ def _plot_confusion(metrics: dict, path: Path) -> Path | None:
     ax.set_xlabel("area the model named")
     ax.set_ylabel("true area (mask)")
     ax.set_title("Region recognition")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _fmt(v, digits: int = 3) -> str:

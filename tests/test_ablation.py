@@ -123,8 +123,9 @@ def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trai
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     (tmp_path / "over.yaml").write_text(yaml.safe_dump({"ablations": {"table": ["baseline", "d"],
                                                                       "training": training}}))
+    # --cores 2: a dry run otherwise caps every job at one thread, and the thread checks below could not fail.
     proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "results/demo/ablation/table.md", "-n",
-                           "--printshellcmds", "--configfile", "over.yaml"],
+                           "--cores", "2", "--printshellcmds", "--configfile", "over.yaml"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -133,3 +134,7 @@ def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trai
     assert ("--out results/demo/model " in out) is not d_trains  # the workflow's own model, for d
     # The tiny preset's training runs one torch thread (training.tiny.resources.threads), whatever the cores.
     assert "--num_cpu_threads_per_process 1'" in out
+    # Generation too (generation.resources.tiny.threads: 1): Snakemake prints a job's threads only when above one.
+    jobs = out.split("\nrule ")
+    generating = [j for j in jobs if j.startswith(("generate:", "ablation_generate:"))]
+    assert generating and not [j for j in generating if "threads:" in j.split("\n\n")[0]]
