@@ -138,3 +138,24 @@ def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trai
     jobs = out.split("\nrule ")
     generating = [j for j in jobs if j.startswith(("generate:", "ablation_generate:"))]
     assert generating and not [j for j in generating if "threads:" in j.split("\n\n")[0]]
+
+
+def test_gpt2_setting_has_no_dropout_like_the_tiny_llama(tmp_path):
+    """The gpt2 row must differ from `d` by the decoder only: GPT-2's config defaults to dropout 0.1 (embeddings,
+    residuals, attention), which the tiny Llama does not have; the setting turns it off."""
+    import torch
+
+    from reg2rg.constants import REGIONS
+    from reg2rg.model import train_tiny_tokenizer
+    from reg2rg.model.build import load_base_llm
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    tok = train_tiny_tokenizer([f"The region {i} is {a}: normal." for i in range(1, 11) for a in REGIONS] * 3, 300,
+                               tmp_path / "tok")
+    gpt2 = Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], cfg["ablations"]["settings"]["gpt2"]["model"]))
+    llm = load_base_llm(gpt2, tok)
+    assert llm.config.model_type == "gpt2"
+    assert (llm.config.embd_pdrop, llm.config.resid_pdrop, llm.config.attn_pdrop) == (0.0, 0.0, 0.0)
+    assert all(m.p == 0.0 for m in llm.modules() if isinstance(m, torch.nn.Dropout))
+    llama = load_base_llm(Reg2RGConfig.from_dict(cfg["presets"]["tiny"]), tok)
+    assert llama.config.attention_dropout == 0.0
