@@ -88,20 +88,35 @@ def read_ctrate_labels(path, id_column: str = "VolumeName"):
     })
 
 
-def ctrg_inventory(root, metadata: dict | None = None):
-    """CTRG-Chest-548K layout (annotation.json + DICOM folders or NIfTI files): see reg2rg.ctrg."""
+def ctrg_inventory(root, metadata: dict | None = None, split: dict | None = None):
+    """CTRG-Chest-548K layout (annotation.json + DICOM folders or NIfTI files): see reg2rg.ctrg. `split`:
+    {"seed", "test_fraction"} of the random train/test split (default: the paper's 8:2, seed 0)."""
+    from reg2rg.ctrg import SPLIT_SEED, TEST_FRACTION
     from reg2rg.ctrg import ctrg_inventory as _ctrg_inventory
 
-    return _ctrg_inventory(root, metadata)
+    split = dict(split or {})
+    unknown = set(split) - {"seed", "test_fraction"}
+    if unknown:
+        raise ConfigError(f"split: unknown key(s) {', '.join(sorted(unknown))}; known: seed, test_fraction")
+    fraction = float(split.get("test_fraction", TEST_FRACTION))
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split.test_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    return _ctrg_inventory(root, metadata, seed=int(split.get("seed", SPLIT_SEED)), test_fraction=fraction)
 
 
 LAYOUTS = {"radgenome": radgenome_inventory, "ctrg": ctrg_inventory}
 
 
-def inventory(layout: str, root, metadata: dict | None = None):
-    """One row per input scan of a data set in `layout` (see INVENTORY_COLUMNS)."""
+def inventory(layout: str, root, metadata: dict | None = None, split: dict | None = None):
+    """One row per input scan of a data set in `layout` (see INVENTORY_COLUMNS). `split` (ctrg layout only):
+    the seed and test fraction of the random split; RadGenome keeps its source splits."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown data set layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if layout == "ctrg":
+        return ctrg_inventory(root, metadata, split)
+    if split:
+        raise ConfigError(f"split: the {layout} layout keeps its source splits (train/valid); a random split is "
+                          "only for the ctrg layout")
     return LAYOUTS[layout](root, metadata)
 
 

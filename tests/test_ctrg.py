@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from reg2rg import ctrg, demo
 from reg2rg.constants import REGIONS
 from reg2rg.datasets import inventory
-from reg2rg.errors import InputError
+from reg2rg.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (96, 80, 24)
@@ -72,6 +72,20 @@ def test_demo_ctrg_inventory_split_reports_labels(demo_root):
     labels = ctrg.ctrg_labels(inv).set_index("case_id")
     for cid in ids:
         assert labels.loc[cid, "labels"] == [summary["labels"][cid][k] for k in summary["labels"][cid]]
+
+
+def test_split_setting_sets_seed_and_fraction(demo_root):
+    root, summary = demo_root
+    ids = sorted(summary["labels"])
+    inv = inventory("ctrg", root, split={"seed": 3, "test_fraction": 0.4})
+    assert dict(zip(inv.case_id, inv.split)) == ctrg.random_split(ids, seed=3, test_fraction=0.4)
+    assert (inv.split == "test").sum() == round(0.4 * len(ids))
+    assert dict(zip(inv.case_id, inv.split)) != dict(zip(*[inventory("ctrg", root)[k] for k in ("case_id", "split")]))
+    for bad, message in (({"fraction": 0.3}, "unknown key"), ({"test_fraction": 1.0}, "between 0 and 1")):
+        with pytest.raises(ConfigError, match=message):
+            inventory("ctrg", root, split=bad)
+    with pytest.raises(ConfigError, match="keeps its source splits"):
+        inventory("radgenome", root, split={"seed": 1})
 
 
 def test_ctrg_split_is_eight_to_two():

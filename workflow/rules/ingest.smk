@@ -10,6 +10,7 @@ rule inventory:
         root=lambda wc: dataset_root(wc.dataset),
         layout=lambda wc: dataset_config(wc.dataset)["layout"],
         metadata=lambda wc: dataset_config(wc.dataset).get("ctrate_metadata"),
+        split=lambda wc: dataset_config(wc.dataset).get("split"),
     conda:
         "../../envs/core.yaml"
     log:

@@ -5,6 +5,5 @@ setup_script_logging(snakemake.log[0])
 
 from reg2rg.datasets import inventory  # noqa: E402
 
-inventory(snakemake.params.layout, snakemake.params.root, snakemake.params.metadata).to_parquet(
-    snakemake.output.inventory, index=False
-)
+params = snakemake.params
+inventory(params.layout, params.root, params.metadata, params.split).to_parquet(snakemake.output.inventory, index=False)
