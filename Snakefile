@@ -29,6 +29,7 @@ include: "workflow/rules/ablation.smk"
 rule all:
     input:
         default_targets(config["default_dataset"]),
+        f"results/{config['default_dataset']}/viewer/index.html",
     default_target: True
 
 

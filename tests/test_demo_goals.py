@@ -49,3 +49,6 @@ def test_demo_names_the_regions_and_beats_the_global_only_baseline(tmp_path):
     assert ce_full > ce_base, (ce_full, ce_base)
     table = (out / "ablation" / "table.md").read_text()
     assert "| baseline |" in table and "| d |" in table
+    # The default target also builds the viewer over the test predictions, one page per test scan.
+    assert (out / "viewer" / "index.html").is_file()
+    assert len(list((out / "viewer" / "cases").glob("*.html"))) == full["n_scans"]

@@ -1,8 +1,8 @@
 # A static site over the test predictions (reg2rg.viewer.build_viewer, docs/report.md): a case list with
 # per-scan scores, one page per scan (reference and generated report region by region in the region colours,
 # slices with the masks overlaid) and the metric plots. cases/ and plots/ are
-# written beside index.html. Not in any default target: ask for
-# results/{dataset}/viewer/index.html.
+# written beside index.html. Built by the default target (`all`) for the default data set; for another, ask
+# for results/{dataset}/viewer/index.html. It shows the data set's case ids (never DICOM header fields).
 
 
 rule viewer:
