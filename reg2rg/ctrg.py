@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from reg2rg.files import read_json
-from reg2rg.errors import InputError
+from reg2rg.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def resolve_image(root, case_id: str, image_path) -> Path:
 
 def random_split(case_ids, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> dict[str, str]:
     """case id -> `train` or `test`: a seeded permutation of the sorted ids, round(fraction n) to test."""
+    if not 0 < float(test_fraction) < 1:
+        raise ConfigError(f"split.test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     ids = sorted(set(case_ids))
     order = np.random.default_rng(seed).permutation(len(ids))
     n_test = int(round(test_fraction * len(ids)))
@@ -183,7 +185,6 @@ def ctrg_inventory(root, metadata: dict | None = None, seed: int = SPLIT_SEED,
     import pandas as pd
 
     from reg2rg.datasets import INVENTORY_COLUMNS
-    from reg2rg.errors import ConfigError
 
     root = Path(root)
     if not root.is_dir():

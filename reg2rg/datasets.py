@@ -32,11 +32,15 @@ def case_id_from_filename(name: str) -> str:
     return name
 
 
-def radgenome_inventory(root, metadata: dict | None = None):
+def radgenome_inventory(root, metadata: dict | None = None, split: dict | None = None):
     """Every volume under a RadGenome-ChestCT root, with its mask folder, report CSV and labels CSV.
 
-    `metadata` optionally maps a source split (`train`, `valid`) to a CT-RATE v1 metadata CSV.
+    `metadata` optionally maps a source split (`train`, `valid`) to a CT-RATE v1 metadata CSV. The source
+    splits are kept: a `split` setting (a random split) is refused.
     """
+    if split:
+        raise ConfigError("split: the radgenome layout keeps its source splits (train/valid); a random split is "
+                          "only for the ctrg layout")
     import pandas as pd
 
     root = Path(root)
@@ -91,17 +95,12 @@ def read_ctrate_labels(path, id_column: str = "VolumeName"):
 def ctrg_inventory(root, metadata: dict | None = None, split: dict | None = None):
     """CTRG-Chest-548K layout (annotation.json + DICOM folders or NIfTI files): see reg2rg.ctrg. `split`:
     {"seed", "test_fraction"} of the random train/test split (default: the paper's 8:2, seed 0)."""
-    from reg2rg.ctrg import SPLIT_SEED, TEST_FRACTION
     from reg2rg.ctrg import ctrg_inventory as _ctrg_inventory
 
-    split = dict(split or {})
-    unknown = set(split) - {"seed", "test_fraction"}
+    unknown = set(split or {}) - {"seed", "test_fraction"}
     if unknown:
         raise ConfigError(f"split: unknown key(s) {', '.join(sorted(unknown))}; known: seed, test_fraction")
-    fraction = float(split.get("test_fraction", TEST_FRACTION))
-    if not 0 < fraction < 1:
-        raise ConfigError(f"split.test_fraction must be between 0 and 1 (exclusive), got {fraction}")
-    return _ctrg_inventory(root, metadata, seed=int(split.get("seed", SPLIT_SEED)), test_fraction=fraction)
+    return _ctrg_inventory(root, metadata, **(split or {}))
 
 
 LAYOUTS = {"radgenome": radgenome_inventory, "ctrg": ctrg_inventory}
@@ -112,12 +111,7 @@ def inventory(layout: str, root, metadata: dict | None = None, split: dict | Non
     the seed and test fraction of the random split; RadGenome keeps its source splits."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown data set layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    if layout == "ctrg":
-        return ctrg_inventory(root, metadata, split)
-    if split:
-        raise ConfigError(f"split: the {layout} layout keeps its source splits (train/valid); a random split is "
-                          "only for the ctrg layout")
-    return LAYOUTS[layout](root, metadata)
+    return LAYOUTS[layout](root, metadata, split)
 
 
 def inventory_labels(inv):

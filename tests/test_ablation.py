@@ -152,7 +152,8 @@ def test_gpt2_setting_has_no_dropout_like_the_tiny_llama(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     tok = train_tiny_tokenizer([f"The region {i} is {a}: normal." for i in range(1, 11) for a in REGIONS] * 3, 300,
                                tmp_path / "tok")
-    gpt2 = Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], cfg["ablations"]["settings"]["gpt2"]["model"]))
+    setting = cfg["ablations"]["settings"]["gpt2"]["model"]
+    gpt2 = Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], setting))
     llm = load_base_llm(gpt2, tok)
     assert llm.config.model_type == "gpt2"
     assert (llm.config.embd_pdrop, llm.config.resid_pdrop, llm.config.attn_pdrop) == (0.0, 0.0, 0.0)

@@ -48,7 +48,7 @@ rule ablation_generate:
         predictions="results/{dataset}/ablation/{ablation}/predictions.parquet",
     params:
         settings={k: v for k, v in config.get("generation", {}).items() if k != "resources"},
-    threads: lambda wc: generation_resources(wc.dataset).get("threads", 2)
+    threads: lambda wc: generation_threads(wc.dataset)
     resources:
         gpu=lambda wc: generation_resources(wc.dataset).get("gpu", 0),
         mem_mb=lambda wc: generation_resources(wc.dataset).get("mem_mb", 8000),

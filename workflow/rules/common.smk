@@ -103,6 +103,11 @@ def generation_resources(dataset):
     return config.get("generation", {}).get("resources", {}).get(model_preset_name(dataset), {})
 
 
+def generation_threads(dataset):
+    """CPU threads of a generation job, also torch's (workflow/scripts/generate.py): `resources.threads`, else 2."""
+    return generation_resources(dataset).get("threads", 2)
+
+
 def needs_tokenizer(dataset):
     """The tiny presets train their tokenizer on the data set's training reports (rule tokenizer)."""
     preset = model_preset(dataset)
