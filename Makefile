@@ -19,5 +19,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/snakemake --cores 2
 
+# Two pytest workers: the demo-goals test (one long workflow) starts first and the rest of the suite runs beside
+# it; worksteal hands a finished worker the other's queued tests (tests/conftest.py sets the order).
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist worksteal

@@ -1,12 +1,9 @@
-"""The demo as shipped shows the method working: `snakemake --cores 2` with the repository's own config (only the
-ablation table cut to the global-only baseline and the full model) names the regions of the held-out scans far
-above chance and beats the global-only baseline on clinical efficacy. The longest test of the suite (10 to 13.5
-minutes on the project's 2-core CI machine, which varies that much between runs). It also checks the viewer
-the default target builds.
-
-Issue 4's goal is F1 >= 0.95 for every area. The shipped config reaches or misses it depending on the seed
-(docs/evaluation.md, "The demo's numbers"), so this test holds the demo to what it reaches for every seed
-tried, and the README reports the per-area numbers of the shipped run."""
+"""The demo as shipped meets issue 4's goals: `snakemake --cores 2` with the repository's own config (only the
+ablation table cut to the global-only baseline and the full model) names the area of every held-out region with
+F1 >= 0.95 per area and beats the global-only baseline on clinical efficacy. The longest test of the suite (about
+18.5 minutes on the project's 2-core machine: the full model's 3000 training steps on one core). It also checks
+the viewer the default target builds. The numbers of the shipped run, and of other seeds trained by hand, are in
+docs/evaluation.md ("The demo's numbers")."""
 from __future__ import annotations
 
 import json
@@ -20,8 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-MIN_ACCURACY = 0.75  # areas named right; chance is about 0.1, every 4-layer run tried reached 0.78 or more
-MIN_MEAN_F1 = 0.75  # mean per-area F1
+MIN_AREA_F1 = 0.95  # issue 4's goal, for every area (the paper reaches about 0.99 on most)
 
 
 @pytest.mark.slow
@@ -37,10 +33,9 @@ def test_demo_names_the_regions_and_beats_the_global_only_baseline(tmp_path):
     out = tmp_path / "results" / "demo"
     full = json.loads((out / "metrics.json").read_text())
     rec = full["region_recognition"]
-    assert full["n_scans"] == 12 and rec["n_regions"] > 100
+    assert full["n_scans"] == 24 and rec["n_regions"] > 200
     f1 = {r["area"]: r["f1"] for r in rec["per_region"]}
-    assert len(f1) == 10 and rec["accuracy"] >= MIN_ACCURACY, f1
-    assert rec["mean"]["all_regions"]["f1"] >= MIN_MEAN_F1, f1
+    assert len(f1) == 10 and min(f1.values()) >= MIN_AREA_F1, f1
     # The full model of the ablation table is the workflow's own model, not a second training.
     assert not (out / "ablation" / "d" / "model").exists()
     assert json.loads((out / "ablation" / "d" / "metrics.json").read_text())["region_recognition"] == rec

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.model import (
     Reg2RGConfig,
@@ -22,6 +23,7 @@ from reg2rg.prompt import (
     DELIMITER_TOKENS,
     GEOMETRY_TOKEN,
     IMAGE_TOKEN,
+    REGION_START,
     TEXTURE_TOKEN,
     build_example,
     pad_examples,
@@ -115,7 +117,7 @@ def test_presets_and_config_round_trip():
 
 
 def test_visual_tokens_land_at_placeholders(tok):
-    cfg = tiny_config()
+    cfg = tiny_config(region_index_embedding=False)  # the paper's model: features exactly at the placeholders
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart"], ["bone"], []]
@@ -145,6 +147,40 @@ def test_visual_tokens_land_at_placeholders(tok):
         special = torch.isin(row, torch.tensor(list(tid.values())))
         assert torch.equal(embeds[b, ~special], text(row[~special]))  # text and padding
         first += n
+
+
+def test_region_index_embedding_marks_each_region_by_its_prompt_index(tok, tmp_path):
+    cfg = tiny_config(region_index_embedding=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    regions = [["lung", "heart", "bone"], ["bone"], []]
+    batch, vols = make_batch(tok, cfg, regions, padding_side="left")
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        marked = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        table, model.region_index_embeddings = model.region_index_embeddings, None
+        plain = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.region_index_embeddings = table
+    tid = {t: tok.convert_tokens_to_ids(t) for t in (TEXTURE_TOKEN, GEOMETRY_TOKEN, REGION_START)}
+    for b, row in enumerate(ids):
+        in_region = (row == tid[TEXTURE_TOKEN]) | (row == tid[GEOMETRY_TOKEN])
+        assert torch.equal(marked[b, ~in_region], plain[b, ~in_region])  # text, delimiters, global image, padding
+        starts = (row == tid[REGION_START]).nonzero().flatten().tolist() + [len(row)]
+        assert len(starts) - 1 == len(regions[b])
+        for k, (lo, hi) in enumerate(zip(starts, starts[1:])):  # region k + 1 (its prompt index, not its area)
+            pos = in_region.nonzero().flatten()
+            pos = pos[(pos > lo) & (pos < hi)]
+            assert len(pos) == cfg.prompt_layout.tokens_per_region
+            assert torch.allclose(marked[b, pos] - plain[b, pos], table.weight[k].expand(len(pos), -1), atol=1e-6)
+    out = save_trained(model, tmp_path / "model")  # the table is saved and loaded with the model
+    loaded = load_trained(out)
+    assert loaded.config.region_index_embedding
+    with torch.no_grad():
+        assert torch.equal(model(**batch, **vols).logits, loaded(**batch, **vols).logits)
+    too_many, too_many_vols = make_batch(tok, cfg, [["lung"] * (len(REGIONS) + 1)])
+    with pytest.raises(ValueError, match="more than 10 regions"):
+        model(**too_many, **too_many_vols)
+    assert build_model(tiny_config(region_index_embedding=False), tok).region_index_embeddings is None
 
 
 def test_padding_and_variable_regions_do_not_change_a_sample(tok):
@@ -187,7 +223,7 @@ def test_scan_without_regions(tok):
 
 
 def trainable_groups(model):
-    return {
+    groups = {
         "perceiver": list(model.visual.perceiver.parameters()),
         "visual.proj": list(model.visual.proj.parameters()),
         "mask_encoder": list(model.mask_encoder.parameters()),
@@ -195,6 +231,9 @@ def trainable_groups(model):
         "delimiters": [model.delimiter_embeddings.weight],
         "lora_B": [p for n, p in model.llm.named_parameters() if "lora_B" in n],
     }
+    if model.region_index_embeddings is not None:  # the tiny preset's (not the paper's)
+        groups["region index"] = [model.region_index_embeddings.weight]
+    return groups
 
 
 @pytest.mark.parametrize("freeze_vit, train_base", [(True, False), (False, False), (False, True)])

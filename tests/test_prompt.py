@@ -221,12 +221,21 @@ def test_parse_area_names_with_spaces_and_case():
     assert [(p.index, p.area) for p in parts] == [(10, "trachea and bronchie")]
 
 
-def test_tiny_tokenizer_gives_every_region_index_one_token(tokenizer):
-    """The index in "The region 7 is" is one token in the prompt and in the target, for every index alike, so the
-    decoder can find region 7's segment by matching that token (with "1" a token and "7" two, it could not)."""
+def test_tiny_tokenizer_gives_every_region_phrase_one_token(tokenizer):
+    """"The region 7 is" is one token, the same in the prompt and in the target, for every index alike, and not
+    the numeral of report text ("7 mm"): the decoder can find region 7's segment by matching that token and
+    count the regions it has written without mistaking a measurement for an index."""
     from reg2rg.constants import REGIONS
+    from reg2rg.model.tokenizer import text_vocab_size
 
+    phrase_tokens = set()
     for i in range(1, len(REGIONS) + 1):
         prompt = tokenizer.tokenize(f"The region {i} is {REGION_START}")
-        target = tokenizer.tokenize(f"The region {i} is heart: ")
-        assert prompt[:4] == target[:4] and tokenizer.convert_tokens_to_string([prompt[2]]) == f" {i}", prompt
+        target = tokenizer.tokenize(f"Normal. The region {i} is heart: a {i} mm nodule.")
+        assert prompt[0] == f"The region {i} is" and prompt[0] in target, (prompt, target)
+        assert target.count(prompt[0]) == 1  # the numeral in the text is another token
+        phrase_tokens.add(prompt[0])
+        text = f"The region {i} is heart: a {i} mm nodule. The region {i + 1} is lung: clear."
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert len(phrase_tokens) == len(REGIONS)
+    assert text_vocab_size(tokenizer) == 400  # the phrases are part of the text vocabulary, not added past it

@@ -126,6 +126,9 @@ class Reg2RGConfig:
     gradient_checkpointing: bool = False
     encoder_chunk_size: int | None = None  # volumes per visual-encoder call (None: all in one call)
     max_seq_len: int = 2048  # longest example; targets are cut to fit, prompts never
+    # Not in the paper (off there): add a learned embedding of the region's prompt index (1..10) to its texture
+    # and geometry tokens, so a small random decoder finds "region N"'s segment by content, not by distance.
+    region_index_embedding: bool = False
     # Ablations (all on = the paper's model).
     use_texture: bool = True  # 32 texture tokens per region
     use_geometry: bool = True  # 1 geometry (mask) token per region

@@ -29,7 +29,9 @@ from reg2rg.model.config import Reg2RGConfig
 from reg2rg.model.mask_encoder import MaskEncoder
 from reg2rg.model.perceiver import PerceiverResampler
 from reg2rg.model.vit3d import ViT3D
-from reg2rg.prompt import DELIMITER_TOKENS, GEOMETRY_TOKEN, IMAGE_TOKEN, SPECIAL_TOKENS, TEXTURE_TOKEN
+from reg2rg.constants import REGIONS
+from reg2rg.prompt import (DELIMITER_TOKENS, GEOMETRY_TOKEN, IMAGE_TOKEN, REGION_START, SPECIAL_TOKENS,
+                            TEXTURE_TOKEN)
 
 # Slots of the special-token lookup: 0-3 delimiters (rows of delimiter_embeddings), then the placeholders.
 _SLOT = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -104,10 +106,13 @@ class Reg2RGModel(nn.Module):
         self.mask_encoder = MaskEncoder(config.mask_encoder, config.input_size) if config.use_geometry else None
         self.mask_proj = nn.Linear(config.mask_encoder.dim, hidden) if config.use_geometry else None
         self.delimiter_embeddings = nn.Embedding(_N_DELIM, hidden)
+        self.region_index_embeddings = nn.Embedding(len(REGIONS), hidden) if config.region_index_embedding else None
         with torch.no_grad():
             w = embed.weight.float()
             init = w.mean(0) + torch.randn(_N_DELIM, hidden) * w.std(0)
             self.delimiter_embeddings.weight.copy_(init)
+            if self.region_index_embeddings is not None:
+                self.region_index_embeddings.weight.normal_(0.0, float(w.std()))
         size = max(max(token_ids.values()) + 1, text_vocab_size)
         slot = torch.full((size,), -1, dtype=torch.long)
         for tok, tid in token_ids.items():
@@ -209,7 +214,20 @@ class Reg2RGModel(nn.Module):
                                  "tokens: prompts and volumes disagree (regions per sample, or the ablation flags)")
             if n_feat:
                 embeds = embeds.masked_scatter(where.unsqueeze(-1), feat.reshape(-1, feat.shape[-1]).to(dtype))
+        if self.region_index_embeddings is not None:
+            embeds = embeds + self._region_index_terms(slot).to(dtype)
         return embeds
+
+    def _region_index_terms(self, slot: torch.Tensor) -> torch.Tensor:
+        """[B, L, hidden]: region k's index embedding at its texture and geometry positions (k counted by the
+        <region> delimiters before them, so it is the prompt index, never the area), zero elsewhere."""
+        index = torch.cumsum(slot == _SLOT[REGION_START], dim=1)  # 1-based index of the enclosing region
+        in_region = (slot == _TEXTURE) | (slot == _GEOMETRY)
+        if int(index.masked_fill(~in_region, 0).max()) > self.region_index_embeddings.num_embeddings:
+            raise ValueError(f"a prompt holds more than {self.region_index_embeddings.num_embeddings} regions, "
+                             "the size of the region index table")
+        terms = self.region_index_embeddings((index - 1).clamp(min=0))
+        return terms * in_region.unsqueeze(-1)
 
     def _check_counts(self, slot, region_counts, region_crops, region_masks) -> None:
         counts = torch.as_tensor(region_counts, device=slot.device).long()

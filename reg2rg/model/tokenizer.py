@@ -33,22 +33,26 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int, out_dir):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    # The prompt's fixed sentences and the RRA prefixes are part of every example: weigh them like frequent
-    # text so that they take few tokens, and every region index alike (each index one token, as "1" is), so
-    # that the decoder can match "The region 7 is" in the target to the prompt's region 7 by token identity.
     from reg2rg.constants import REGIONS
     from reg2rg.prompt import GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO, RRA_PREFIX
 
+    # Every "The region N is" is one token of its own: the prompt's region N segment and the target's region N
+    # prefix then start with the same token, which no report text holds (a numeral such as the "7" of "7 mm"
+    # is another token). The BPE learns the rest of the text vocabulary.
+    phrases = [REGION_INTRO.format(index=i).strip() for i in range(1, len(REGIONS) + 1)]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(phrases), special_tokens=[PAD, BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # The prompt's fixed sentences and the RRA prefixes are part of every example: weigh them like frequent
+    # text so that they take few tokens.
     fixed = [GLOBAL_CONTEXT, INSTRUCTION] * 10
     for i in range(1, len(REGIONS) + 1):
         fixed += [REGION_INTRO.format(index=i)] * 10 + [RRA_PREFIX.format(index=i, area=a) for a in REGIONS]
     core.train_from_iterator(list(texts) + fixed, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    tokenizer.add_tokens(phrases)
     _add_special_tokens(tokenizer)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
