@@ -1,7 +1,7 @@
 """The demo as shipped meets issue 4's goals: `snakemake --cores 2` with the repository's own config (only the
 ablation table cut to the global-only baseline and the full model) names the area of every held-out region with
 F1 >= 0.95 per area and beats the global-only baseline on clinical efficacy. The longest test of the suite (13 to
-18.5 minutes on the project's 2-core machine, mostly the full model's 3000 training steps on one core). It also
+21 minutes on the project's 2-core machine, mostly the full model's 3000 training steps on one core). It also
 checks the viewer the default target builds. The numbers of the shipped run, and of other seeds trained by hand,
 are in docs/evaluation.md ("The demo's numbers")."""
 from __future__ import annotations
