@@ -985,8 +985,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. training.max_steps=20 or model.llm.dtype=float32 (repeatable)")
     p.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many optimizer steps of this run, as if killed (then rerun to resume)")
+    p.add_argument("--require-gpus", type=int, default=0, metavar="N",
+                   help="refuse to start unless PyTorch sees at least N CUDA devices (the workflow passes the "
+                        "GPUs its job asked for, so that a CPU build of PyTorch never trains in their place)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def require_gpus(n: int) -> None:
+    """ConfigError unless PyTorch sees at least `n` CUDA devices (no-op for n <= 0)."""
+    if n <= 0:
+        return
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen < n:
+        build = f"PyTorch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise ConfigError(
+            f"the training job asks for {n} GPU(s) but PyTorch sees {seen} ({build}; CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a GPU node with a CUDA build of PyTorch "
+            "(envs/core.yaml; on a login node without a driver create the env with CONDA_OVERRIDE_CUDA set), or set "
+            "training.<preset>.resources.gpu: 0 to train on the CPU")
 
 
 def _cache_dir(path) -> Path:
@@ -1011,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    require_gpus(args.require_gpus)
     from reg2rg.data import Reg2RGDataset
     from reg2rg.manifest import read_manifest
     from reg2rg.model.config import config_from_preset

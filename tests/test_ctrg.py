@@ -358,5 +358,5 @@ def test_split_reports_serves_the_llm_itself_and_stops_it(tmp_path):
     reports = pd.read_parquet(wd / "results" / "demo_ctrg" / "reports" / "region_reports.parquet")
     assert (reports.split_status == "ok").all() and len(reports) == 3
     assert set(reports.splitter) == {"llm:Qwen2.5-14B-Instruct:ctrg-split-v1"}
-    assert (wd / "results" / "demo_ctrg" / "logs" / "vllm_serve.log").is_file()
+    assert (wd / "results" / "demo_ctrg" / "logs" / "split_reports" / "00000.vllm_serve.log").is_file()
     assert not is_healthy(f"http://127.0.0.1:{port}/v1")  # stopped after the split

@@ -100,7 +100,8 @@ def recognition(df) -> tuple[int, int]:
     return ok, total
 
 
-OVERFIT_STEPS = 400
+# 400 steps named 29 of 30 regions of the 12 scans (transformers 5.24, torch 2.13): 600 name all 30.
+OVERFIT_STEPS = 600
 
 
 def overfit_model(tmp_path_factory) -> tuple[Path, SynthDataset]:

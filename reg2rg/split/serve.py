@@ -26,6 +26,15 @@ class ServerError(Reg2RGError):
     """The managed server did not come up (or died)."""
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on this node now (the OS picks it), for a server started right after."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def vllm_command(model_path: str, port: int, served_model_name: str | None = None, host: str = "127.0.0.1",
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  tensor_parallel_size: int | None = None, extra_args=(), executable: str = "vllm") -> list[str]:

@@ -25,6 +25,7 @@ rule ablation_train:
         preset_json=lambda wc: json.dumps(ablation_preset(wc.dataset, wc.ablation), sort_keys=True),
         training_json=lambda wc: json.dumps(ablation_training(wc.dataset, wc.ablation), sort_keys=True),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
+        cpu_fallback=lambda wc: training_cpu_fallback(wc.dataset),
         work=lambda wc: f"results/{wc.dataset}/ablation/{wc.ablation}/model_work",
     threads: lambda wc: training_threads(wc.dataset)
     resources:

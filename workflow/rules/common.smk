@@ -20,6 +20,7 @@ SPLITS = ["train", "test"]
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
+    shard=r"\d+",
 
 
 def dataset_config(dataset):
@@ -77,19 +78,27 @@ def training_settings(dataset):
 
 
 # The shell of rules train and ablation_train (inputs manifest, cache; output model; params cpu_config,
-# zero2_config, deepspeed_config, preset, preset_json, training_json, tokenizer, work): `accelerate launch` of
-# reg2rg.train, with gpu == 0 one CPU process with {threads} torch threads, with gpu > 0 DeepSpeed ZeRO-2 with one
-# process per GPU of the job.
+# zero2_config, deepspeed_config, preset, preset_json, training_json, tokenizer, work, cpu_fallback):
+# `accelerate launch` of reg2rg.train, with gpu == 0 one CPU process with {threads} torch threads, with gpu > 0
+# DeepSpeed ZeRO-2 with one process per GPU of the job, which refuses to start unless PyTorch sees them.
+# training.<preset>.resources.cpu_fallback (tests of the cluster path only): ask the cluster for the GPUs, train
+# on the CPU as with gpu 0.
 TRAIN_SHELL = (
-    "if [ {resources.gpu} -gt 0 ]; then"
+    "if [ {resources.gpu} -gt 0 ] && [ {params.cpu_fallback} = no ]; then"
     " launch='--config_file {params.zero2_config} --deepspeed_config_file {params.deepspeed_config}"
-    " --num_processes {resources.gpu}';"
-    " else launch='--config_file {params.cpu_config} --num_processes 1 --num_cpu_threads_per_process {threads}'; fi;"
-    " accelerate launch $launch -m reg2rg.train"
+    " --num_processes {resources.gpu}'; require='--require-gpus {resources.gpu}';"
+    " else launch='--config_file {params.cpu_config} --num_processes 1 --num_cpu_threads_per_process {threads}';"
+    " require=''; fi;"
+    " accelerate launch $launch -m reg2rg.train $require"
     " --manifest {input.manifest} --cache {input.cache} --work {params.work} --out {output.model}"
     " --dataset {wildcards.dataset} --preset {params.preset} --preset-json {params.preset_json:q}"
     " --training-json {params.training_json:q} {params.tokenizer} > {log} 2>&1"
 )
+
+
+def training_cpu_fallback(dataset):
+    """'yes' when training.<preset>.resources.cpu_fallback is set (the TRAIN_SHELL param), else 'no'."""
+    return "yes" if training_settings(dataset).get("resources", {}).get("cpu_fallback") else "no"
 
 
 def training_threads(dataset):
@@ -171,7 +180,7 @@ def sat_output_input(wildcards):
     """SAT's output folder, made by the sat_run job or, in its raw data, by the demo's stand-in for a SAT run."""
     if segmentation_backend(wildcards.dataset) == "sat_standin":
         return f"results/{wildcards.dataset}/raw"
-    return f"results/{wildcards.dataset}/segment/sat_output"
+    return f"results/{wildcards.dataset}/segment/sat_output/{wildcards.shard}"
 
 
 def sat_output_dir(wildcards, input):
@@ -235,3 +244,118 @@ def ablation_model(wc):
         wc.dataset, wc.ablation
     ) == _training_run(training_settings(wc.dataset))
     return f"results/{wc.dataset}/model" if same else f"results/{wc.dataset}/ablation/{wc.ablation}/model"
+
+
+# ---- Sharding (reg2rg.shards, docs/cluster.md): the per-scan stages run as one job per shard of
+# sharding.scans_per_job scans. The shard plan comes from the inventory (a checkpoint); the cache's plan from a
+# split's manifest (a checkpoint too). A shard job reads its table as ancient() input and records the digest of
+# its rows as a param: it reruns when its own rows change, not whenever the whole table is rewritten.
+import functools
+
+import pandas as pd
+
+from reg2rg import shards as shard_plans
+
+
+def sharding_setting(dataset, key):
+    """sharding.<key>, overridden by datasets.<name>.sharding.<key>."""
+    return {**config.get("sharding", {}), **(DATASETS[dataset].get("sharding") or {})}.get(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_table(path, mtime_ns):
+    return pd.read_parquet(path)
+
+
+def read_table(path):
+    """A Parquet table read once per version of the file (the DAG asks for it once per shard)."""
+    return _read_table(str(path), Path(path).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(path, mtime_ns, split, scans_per_job):
+    table = _read_table(path, mtime_ns)
+    if split is not None:
+        table = table[table.split == split]
+    return shard_plans.plan_shards(table.case_id, scans_per_job)
+
+
+def inventory_path(dataset):
+    """The inventory of a data set; raises Snakemake's IncompleteCheckpointException until it is made."""
+    return checkpoints.inventory.get(dataset=dataset).output.inventory
+
+
+def manifest_path(dataset, split):
+    return getattr(checkpoints.manifest.get(dataset=dataset).output, split)
+
+
+def scan_shards(dataset, key="scans_per_job"):
+    """Shard name -> case ids over the whole inventory (key: reports_per_job for the report splitting)."""
+    path = inventory_path(dataset)
+    per_job = sharding_setting(dataset, key)
+    if per_job is None and key != "scans_per_job":
+        per_job = sharding_setting(dataset, "scans_per_job")
+    return _plan(str(path), Path(path).stat().st_mtime_ns, None, per_job)
+
+
+def split_shards(dataset, split):
+    """Shard name -> case ids of one split's manifest (the cache stage)."""
+    path = manifest_path(dataset, split)
+    return _plan(str(path), Path(path).stat().st_mtime_ns, split, sharding_setting(dataset, "scans_per_job"))
+
+
+def shard_cases_of(plan, wc):
+    if wc.shard not in plan:
+        raise WorkflowError(f"data set '{wc.dataset}' has no shard {wc.shard} (shards {min(plan)} to {max(plan)})")
+    return plan[wc.shard]
+
+
+def shard_cases(wc):
+    return shard_cases_of(scan_shards(wc.dataset), wc)
+
+
+def report_shard_cases(wc):
+    return shard_cases_of(scan_shards(wc.dataset, "reports_per_job"), wc)
+
+
+def cache_shard_cases(wc):
+    return shard_cases_of(split_shards(wc.dataset, wc.split), wc)
+
+
+def inventory_digest(cases_of):
+    """A param: the digest of the shard's inventory rows (and the stage's settings go in params of their own)."""
+    return lambda wc: shard_plans.rows_digest(read_table(inventory_path(wc.dataset)), cases_of(wc))
+
+
+def _file_state(path):
+    p = Path(path) if isinstance(path, str) and path else None
+    if p is None or not p.exists():
+        return None
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def cache_digest(wc):
+    """The cache shard's manifest rows and the size and time of their volume and mask files."""
+    table = read_table(manifest_path(wc.dataset, wc.split))
+    cases = cache_shard_cases(wc)
+    rows = table.set_index("case_id").loc[cases]
+    files = {c: [_file_state(v), _file_state(m)] for c, v, m in zip(cases, rows.volume, rows["mask"])}
+    return shard_plans.rows_digest(table, cases, extra=files)
+
+
+def above_shards(path):
+    """The stage folder of a shard's table (results/{dataset}/volumes for .../volumes/shards/00000.parquet)."""
+    p = Path(path)
+    while p.name != "shards":
+        p = p.parent
+    return str(p.parent)
+
+
+def shard_files(pattern, plan_of):
+    """An input function: `pattern` (with {dataset}, {shard} and any other wildcard) for every shard."""
+
+    def files(wc):
+        return [pattern.format(**dict(wc.items()), shard=s) for s in plan_of(wc)]
+
+    return files

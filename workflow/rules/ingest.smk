@@ -1,7 +1,8 @@
-# Inventory (every input scan) and ingestion to canonical int16 HU volumes.
+# Inventory (every input scan) and ingestion to canonical int16 HU volumes, one job per shard of scans
+# (sharding: in the config; common.smk), gathered into volumes/status.parquet.
 
 
-rule inventory:
+checkpoint inventory:
     input:
         raw=raw_input,
     output:
@@ -19,12 +20,15 @@ rule inventory:
         "../scripts/inventory.py"
 
 
-rule ingest:
+rule ingest_shard:
     input:
-        inventory="results/{dataset}/inventory.parquet",
+        inventory=ancient("results/{dataset}/inventory.parquet"),
     output:
-        status="results/{dataset}/volumes/status.parquet",
+        status="results/{dataset}/volumes/shards/{shard}.parquet",
     params:
+        cases=shard_cases,
+        rows=inventory_digest(shard_cases),
+        out_dir=lambda wc, output: above_shards(output.status),
         spacing=lambda wc: dataset_config(wc.dataset)["spacing"],
         already_hu=lambda wc: dataset_config(wc.dataset).get("already_hu", True),
     threads: config.get("threads", {}).get("ingest", 2)
@@ -33,6 +37,19 @@ rule ingest:
     conda:
         "../../envs/core.yaml"
     log:
-        "results/{dataset}/logs/ingest.log",
+        "results/{dataset}/logs/ingest/{shard}.log",
     script:
         "../scripts/ingest.py"
+
+
+rule ingest:
+    input:
+        shards=shard_files("results/{dataset}/volumes/shards/{shard}.parquet", lambda wc: scan_shards(wc.dataset)),
+    output:
+        status="results/{dataset}/volumes/status.parquet",
+    conda:
+        "../../envs/core.yaml"
+    log:
+        "results/{dataset}/logs/ingest.log",
+    script:
+        "../scripts/gather.py"

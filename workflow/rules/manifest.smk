@@ -1,7 +1,8 @@
-# Manifests: one Parquet per split, every input scan accounted for.
+# Manifests: one Parquet per split, every input scan accounted for. A checkpoint: the cache's shards are cut
+# from the manifests (common.smk, split_shards).
 
 
-rule manifest:
+checkpoint manifest:
     input:
         inventory="results/{dataset}/inventory.parquet",
         volumes="results/{dataset}/volumes/status.parquet",

@@ -36,6 +36,7 @@ rule train:
             {k: v for k, v in training_settings(wc.dataset).items() if k != "resources"}, sort_keys=True
         ),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
+        cpu_fallback=lambda wc: training_cpu_fallback(wc.dataset),
         work=lambda wc: f"results/{wc.dataset}/model_work",
     threads: lambda wc: training_threads(wc.dataset)
     resources:

@@ -1,6 +1,4 @@
-"""Adapter: rule ingest -> reg2rg.ingest.ingest_inventory."""
-from pathlib import Path
-
+"""Adapter: rule ingest_shard -> reg2rg.ingest.ingest_inventory over one shard of the inventory."""
 from reg2rg.logs import setup_script_logging
 
 setup_script_logging(snakemake.log[0])
@@ -8,10 +6,11 @@ setup_script_logging(snakemake.log[0])
 import pandas as pd  # noqa: E402
 
 from reg2rg.ingest import ingest_inventory  # noqa: E402
+from reg2rg.shards import select_cases  # noqa: E402
 
 status = ingest_inventory(
-    pd.read_parquet(snakemake.input.inventory),
-    Path(snakemake.output.status).parent,
+    select_cases(pd.read_parquet(snakemake.input.inventory), snakemake.params.cases),
+    snakemake.params.out_dir,
     spacing=snakemake.params.spacing,
     already_hu=snakemake.params.already_hu,
     threads=snakemake.threads,

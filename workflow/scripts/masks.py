@@ -1,6 +1,4 @@
-"""Adapter: rule masks -> reg2rg.masks.masks_inventory."""
-from pathlib import Path
-
+"""Adapter: rule masks_shard -> reg2rg.masks.masks_inventory over one shard of the inventory."""
 from reg2rg.logs import setup_script_logging
 
 setup_script_logging(snakemake.log[0])
@@ -8,12 +6,13 @@ setup_script_logging(snakemake.log[0])
 import pandas as pd  # noqa: E402
 
 from reg2rg.masks import masks_inventory  # noqa: E402
+from reg2rg.shards import select_cases  # noqa: E402
 
 status = masks_inventory(
-    pd.read_parquet(snakemake.input.inventory),
+    select_cases(pd.read_parquet(snakemake.input.inventory), snakemake.params.cases),
     pd.read_parquet(snakemake.input.volumes),
-    volumes_dir=Path(snakemake.input.volumes).parent,
-    out_dir=Path(snakemake.output.status).parent,
+    volumes_dir=snakemake.params.volumes_dir,
+    out_dir=snakemake.params.out_dir,
     threads=snakemake.threads,
 )
 status.to_parquet(snakemake.output.status, index=False)

@@ -1,6 +1,4 @@
-"""Adapter: rule sat_import -> reg2rg.segment.stage.import_inventory (SAT output -> results/{dataset}/masks/)."""
-from pathlib import Path
-
+"""Adapter: rule sat_import_shard -> reg2rg.segment.stage.import_inventory (SAT output -> results/{dataset}/masks/)."""
 from reg2rg.logs import setup_script_logging
 
 setup_script_logging(snakemake.log[0])
@@ -8,18 +6,19 @@ setup_script_logging(snakemake.log[0])
 import pandas as pd  # noqa: E402
 
 from reg2rg.segment.stage import import_inventory  # noqa: E402
+from reg2rg.shards import select_cases  # noqa: E402
 
-out_dir = Path(snakemake.output.status).parent
+params = snakemake.params
 status = import_inventory(
-    pd.read_parquet(snakemake.input.inventory),
+    select_cases(pd.read_parquet(snakemake.input.inventory), params.cases),
     pd.read_parquet(snakemake.input.prepared),
-    volumes_dir=Path(snakemake.input.volumes).parent,
-    records_dir=Path(snakemake.input.prepared).parent,
-    sat_dir=snakemake.params.sat_dir,
-    out_dir=out_dir,
-    work_dir=out_dir.parent / "segment" / "regions",
-    prompts=snakemake.params.prompts,
+    volumes_dir=params.volumes_dir,
+    records_dir=params.records_dir,
+    sat_dir=params.sat_dir,
+    out_dir=params.out_dir,
+    work_dir=params.work_dir,
+    prompts=params.prompts,
     threads=snakemake.threads,
-    standin_index=snakemake.params.standin,
+    standin_index=params.standin,
 )
 status.to_parquet(snakemake.output.status, index=False)

@@ -1,5 +1,5 @@
-"""Adapter: rule split_reports -> reg2rg.split (whole CTRG reports -> region report table) and reg2rg.ctrg
-(labels). With splitter.llm.serve.enabled, `vllm serve` runs for the length of the split (GPU job)."""
+"""Adapter: rule split_reports_shard -> reg2rg.split (one shard's whole CTRG reports -> its region report table).
+With splitter.llm.serve.enabled, `vllm serve` runs for the length of the split (GPU job)."""
 import os
 from pathlib import Path
 
@@ -9,11 +9,12 @@ setup_script_logging(snakemake.log[0])
 
 import pandas as pd  # noqa: E402
 
-from reg2rg.ctrg import ctrg_labels, ctrg_reports  # noqa: E402
+from reg2rg.ctrg import ctrg_reports  # noqa: E402
 from reg2rg.reports import write_region_reports  # noqa: E402
+from reg2rg.shards import select_cases  # noqa: E402
 from reg2rg.split.table import split_report_table  # noqa: E402
 
-inv = pd.read_parquet(snakemake.input.inventory)
+inv = select_cases(pd.read_parquet(snakemake.input.inventory), snakemake.params.cases)
 splitter = snakemake.params.splitter or {}
 kind = splitter.get("kind", "rules")
 llm = dict(splitter.get("llm") or {})
@@ -25,9 +26,10 @@ def run():
 
 
 if kind == "llm" and serve.get("enabled"):
-    from reg2rg.split.serve import managed_server, vllm_command
+    from reg2rg.split.serve import free_port, managed_server, vllm_command
 
-    port = int(serve.get("port", 8000))
+    # port null (the default): a free port of this node, so that two serving jobs on one node do not collide
+    port = int(serve.get("port") or free_port())
     llm["base_url"] = f"http://127.0.0.1:{port}/v1"
     llm["model"] = llm.get("model") or Path(str(serve.get("model_path"))).name
     command = vllm_command(serve.get("model_path"), port, served_model_name=llm["model"],
@@ -45,4 +47,3 @@ else:
 
 write_region_reports(table, snakemake.output.reports)
 failures.to_parquet(snakemake.output.failures, index=False)
-ctrg_labels(inv).to_parquet(snakemake.output.labels, index=False)
