@@ -266,6 +266,30 @@ for line in open(args.datasets_jsonl):
 '''
 
 
+def sat_standin_checkout(sat_repo: Path) -> Path:
+    """A SAT checkout whose inference.py is the stand-in program (FAKE_SAT_INFERENCE), with SAT's U-Net package."""
+    (sat_repo / "dynamic_network_architectures").mkdir(parents=True)
+    (sat_repo / "dynamic_network_architectures" / "__init__.py").write_text("")
+    (sat_repo / "inference.py").write_text(FAKE_SAT_INFERENCE)
+    return sat_repo
+
+
+def vllm_standin_bin(fake_bin: Path) -> Path:
+    """A folder with a `vllm` program that checks its `serve` arguments and runs the local OpenAI stand-in
+    (tests/openai_standin.py) on the port it was given: put it first on the PATH."""
+    fake_bin.mkdir(parents=True)
+    standin = Path(__file__).resolve().parent / "openai_standin.py"
+    (fake_bin / "vllm").write_text(
+        f"#!{sys.executable}\n"
+        "import sys, subprocess\n"
+        "args = sys.argv[1:]\n"
+        "assert args[0] == 'serve' and '--served-model-name' in args, args\n"
+        "port = args[args.index('--port') + 1]\n"
+        f"sys.exit(subprocess.call([{sys.executable!r}, {str(standin)!r}, '--port', port, '--startup-delay', '1']))\n")
+    (fake_bin / "vllm").chmod(0o755)
+    return fake_bin
+
+
 @pytest.mark.slow
 def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
     """The `ctrg` data set as a user runs it: SAT from a checkout (a stand-in program speaking SAT's file
@@ -279,10 +303,7 @@ def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
     wd = _workflow_copy(tmp_path / "wf")
     root = tmp_path / "ctrg"
     summary = demo.make_demo_dataset("ctrg", root, cases=4, seed=6, shape=SMALL, sat_standin=False)
-    sat_repo = tmp_path / "SAT"
-    (sat_repo / "dynamic_network_architectures").mkdir(parents=True)
-    (sat_repo / "dynamic_network_architectures" / "__init__.py").write_text("")
-    (sat_repo / "inference.py").write_text(FAKE_SAT_INFERENCE)
+    sat_repo = sat_standin_checkout(tmp_path / "SAT")
     (tmp_path / "sat.pth").write_text("weights")
     with StandinServer() as server:
         cfg = {"datasets": {"ctrg": {
@@ -336,17 +357,7 @@ def test_split_reports_serves_the_llm_itself_and_stops_it(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    standin = Path(__file__).resolve().parent / "openai_standin.py"
-    (fake_bin / "vllm").write_text(
-        f"#!{sys.executable}\n"
-        "import sys, subprocess\n"
-        "args = sys.argv[1:]\n"
-        "assert args[0] == 'serve' and '--served-model-name' in args, args\n"
-        "port = args[args.index('--port') + 1]\n"
-        f"sys.exit(subprocess.call([{sys.executable!r}, {str(standin)!r}, '--port', port, '--startup-delay', '1']))\n")
-    (fake_bin / "vllm").chmod(0o755)
+    fake_bin = vllm_standin_bin(tmp_path / "bin")
     (wd / "serve.yaml").write_text(yaml.safe_dump({"datasets": {"demo_ctrg": {
         "generate": {"cases": 3, "seed": 4, "test_fraction": 0.34, "shape": list(SMALL)},
         "splitter": {"kind": "llm", "llm": {"max_attempts": 2, "serve": {

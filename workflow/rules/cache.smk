@@ -7,6 +7,8 @@
 rule cache_shard:
     input:
         manifest=ancient("results/{dataset}/manifest/{split}.parquet"),
+        # both outputs of the manifest checkpoint: the shard plan reads it (also inside a cluster job)
+        checkpoint=ancient(expand("results/{{dataset}}/manifest/{split}.parquet", split=SPLITS)),
     output:
         status="results/{dataset}/cache/shards/{split}/{shard}.parquet",
     params:
