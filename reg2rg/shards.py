@@ -44,30 +44,12 @@ def plan_shards(case_ids: Iterable[str], scans_per_job: int | None) -> dict[str,
     return {shard_name(i): ids[i * size:(i + 1) * size] for i in range(n)}
 
 
-def _jsonable(value):
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
-        try:
-            import pandas as pd
-
-            if pd.isna(value):
-                return None
-        except (TypeError, ValueError):
-            pass
-        return str(value)
-    return value
-
-
 def rows_digest(table, case_ids: Sequence[str], extra: dict | None = None) -> str:
     """sha256 over the rows of `table` (a DataFrame with `case_id`) for these case ids, in their order, and
     `extra` (other facts the shard's result depends on). Equal digests: the shard's inputs did not change."""
     rows = table.set_index("case_id").loc[list(case_ids)].reset_index()
-    payload = {"rows": [{k: _jsonable(v) for k, v in rec.items()} for rec in rows.to_dict("records")],
-               "extra": extra or {}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    text = rows.to_json(orient="records", default_handler=str) + json.dumps(extra or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def select_cases(table, case_ids: Sequence[str]):
@@ -82,10 +64,10 @@ def gather(tables: Iterable):
     """The shards' tables as one, sorted by case id (a case id in two shards is an error)."""
     import pandas as pd
 
-    tables = [t for t in tables]
+    tables = list(tables)
     nonempty = [t for t in tables if len(t)]
     out = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0].iloc[0:0]
-    dup = out[out.case_id.duplicated(keep=False)] if len(out) else out
+    dup = out[out.case_id.duplicated(keep=False)]
     if len(dup):
         raise ValueError(f"gather: case ids in more than one shard: {sorted(set(dup.case_id))[:5]}")
     return out.sort_values("case_id", kind="stable").reset_index(drop=True)
