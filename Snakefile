@@ -1,6 +1,12 @@
 # reg2rg: chest CT scans -> region masks -> region reports -> manifests -> cache -> Reg2RG training -> generation.
 # The stages live in workflow/rules/, one file each; helpers in workflow/rules/common.smk.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from reg2rg.errors import ConfigError
+from reg2rg.workflow_config import check_config
 
 min_version("9.0")
 
@@ -8,6 +14,12 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Every unknown key and every name that refers to nothing, each named with its path; then Snakemake's own
+# validation, which fills in the schema's defaults.
+try:
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

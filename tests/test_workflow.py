@@ -87,6 +87,58 @@ def test_radgenome_without_root_says_which_key_to_set(tmp_path):
     assert "set datasets.radgenome.root in config/config.yaml" in proc.stdout + proc.stderr
 
 
+def _shipped_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_shipped_config_has_no_unknown_key():
+    from reg2rg.workflow_config import config_problems, load_schema
+
+    assert config_problems(_shipped_config(), load_schema(REPO / "workflow/schemas/config.schema.yaml")) == []
+
+
+def test_every_unknown_key_is_named_with_where_it_is():
+    from reg2rg.workflow_config import config_problems, load_schema
+
+    cfg = _shipped_config()
+    cfg["datasets"]["demo"]["spcing"] = [1.0, 1.0, 3.0]  # a typo beside the real key
+    cfg["datasets"]["demo"]["generate"]["case"] = 4
+    cfg["datasets"]["ctrg"]["splitter"]["llm"]["serve"]["resources"]["gpus"] = 2
+    cfg["datasets"]["ctrg"]["segmentation"]["prompts"] = {"hart": ["heart"]}
+    cfg["datasets"]["demo_ctrg"]["training"] = {"epoch": 2}
+    cfg["threads"]["cahce"] = 2
+    cfg["training"]["tiny"]["resources"]["gpus"] = 1
+    cfg["training"]["tinyy"] = {"epochs": 1}
+    cfg["presets"]["tiny"]["vit"]["dpth"] = 2
+    cfg["ablations"]["settings"]["a"]["model"]["use_textures"] = True
+    cfg["ablations"]["paper"] = {"demo": {"d": {"bleu1": 0.1}}}
+    cfg["evalution"] = {"protocol": "coco"}
+    problems = config_problems(cfg, load_schema(REPO / "workflow/schemas/config.schema.yaml"))
+    unknown = sorted(p.split("'")[1] for p in problems if p.startswith("config: unknown key"))
+    assert unknown == sorted([
+        "datasets.demo.spcing", "datasets.demo.generate.case", "datasets.ctrg.splitter.llm.serve.resources.gpus",
+        "datasets.ctrg.segmentation.prompts.hart", "datasets.demo_ctrg.training.epoch", "threads.cahce",
+        "training.tiny.resources.gpus", "training.tinyy", "presets.tiny.vit.dpth",
+        "ablations.settings.a.model.use_textures", "ablations.paper.demo.d.bleu1", "evalution"]), problems
+    assert len(problems) == len(unknown), problems
+    spacing = next(p for p in problems if "'datasets.demo.spcing'" in p)
+    assert "spacing" in spacing.split("known:")[1]  # the keys it could have meant
+
+
+def test_bad_config_stops_the_workflow_naming_every_key(tmp_path):
+    """An unknown key and an unknown default_dataset stop `snakemake` at the start with one line each, not a
+    MissingInputException later."""
+    wd = _workflow_copy(tmp_path, cases=4, seed=0)
+    (wd / "small.yaml").write_text(yaml.safe_dump({"default_dataset": "dmeo",
+                                                   "datasets": {"demo": {"spcing": [1.0, 1.0, 2.0]}}}))
+    proc = _snakemake(wd, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config: unknown key 'datasets.demo.spcing'" in out, out[-3000:]
+    assert "config: default_dataset 'dmeo' is no data set (known: ctrg, demo, demo_ctrg, radgenome)" in out
+    assert "MissingInput" not in out and "Traceback" not in out
+
+
 def test_lint_is_clean():
     proc = subprocess.run([str(SNAKEMAKE), "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr, proc.stdout

@@ -223,6 +223,23 @@ _NESTED = {"vit": ViTConfig, "perceiver": PerceiverConfig, "mask_encoder": ViTCo
            "lora": LoRASettings}
 
 
+def unknown_keys(data: Any, cls: type | None = None) -> list[tuple[str, list[str]]]:
+    """(dotted path, known names at that level) of every key of a model config mapping, or a partial one such
+    as an ablation's overrides, that no field of Reg2RGConfig or its parts has (`vit.dpth`). `llm.sizes` is
+    the decoder's own Hugging Face config and is not checked here."""
+    cls = cls or Reg2RGConfig
+    if not isinstance(data, dict):
+        return []
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    out = []
+    for key, value in data.items():
+        if key not in names:
+            out.append((str(key), names))
+        elif cls is Reg2RGConfig and key in _NESTED:
+            out += [(f"{key}.{path}", known) for path, known in unknown_keys(value, _NESTED[key])]
+    return out
+
+
 def _build(cls, data, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'model config'}: expected a mapping, got {type(data).__name__}")
