@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from reg2rg.files import read_json
-from reg2rg.errors import ConfigError, InputError
+from reg2rg.errors import ConfigError, InputError, check_unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ def read_annotation(path) -> "pd.DataFrame":  # noqa: F821
             rows.append({"case_id": str(e["id"]).strip(), "source_split": str(split),
                          "report": e.get("report"), "image_path": e.get("image_path")})
     df = pd.DataFrame(rows, columns=["case_id", "source_split", "report", "image_path"])
-    dup = sorted(set(df.case_id[df.case_id.duplicated()]))
-    if dup:
-        raise InputError(path, f"ids given twice: {dup[:5]}")
+    check_unique_ids(df.case_id, path, "id")
     if df.empty:
         raise InputError(path, "no entries")
     return df

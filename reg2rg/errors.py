@@ -16,3 +16,13 @@ class InputError(Reg2RGError):
 
 class ConfigError(Reg2RGError):
     """The workflow or model configuration is missing a key or holds a bad value."""
+
+
+def check_unique_ids(ids, path, what: str = "case_id") -> None:
+    """InputError naming `path` and every id that occurs more than once (the first ten, then how many more)."""
+    from collections import Counter
+
+    dup = sorted(str(i) for i, n in Counter(str(i) for i in ids).items() if n > 1)
+    if dup:
+        more = f" and {len(dup) - 10} more" if len(dup) > 10 else ""
+        raise InputError(path, f"{what} not unique: {', '.join(dup[:10])}{more} given more than once")

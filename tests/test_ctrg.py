@@ -130,7 +130,7 @@ def test_bad_annotation_names_the_file(tmp_path):
     with pytest.raises(InputError, match="annotation.json: not valid JSON"):
         inventory("ctrg", tmp_path)
     (tmp_path / "annotation.json").write_text(json.dumps({"train": [{"id": "a"}, {"id": "a"}]}))
-    with pytest.raises(InputError, match="ids given twice"):
+    with pytest.raises(InputError, match="id not unique"):
         inventory("ctrg", tmp_path)
 
 

@@ -321,3 +321,59 @@ def test_split_reports_command_writes_the_region_table(tmp_path):
                    str(tmp_path / "failed.csv"), "--fail-on-error", "--cache", str(tmp_path / "cache")])
     assert rc == 1 and len(pd.read_csv(tmp_path / "failed.csv")) == 3
     assert np.all(read_region_reports(out).split_status[:3] == "failed")
+
+
+def _real_reports(n: int = 60) -> pd.DataFrame:
+    return pd.read_csv(CT_RATE_REPORTS, nrows=n)
+
+
+def _no_region_report(df: pd.DataFrame) -> str:
+    """A report of real CT-RATE sentences none of which belongs to a region (all go to `others`)."""
+    seen = []
+    for report in df.report_text:
+        for s in split_sentences(report):
+            if assign_sentence(s) == "others" and s not in seen:
+                seen.append(s)
+    assert len(seen) >= 2, seen
+    return " ".join(seen[:2])
+
+
+@pytest.mark.parametrize("kind", ["rules", "llm"])
+def test_report_without_region_sentence_is_marked_and_counted(kind, caplog):
+    from reg2rg.split.table import PROBLEM_NO_REGION_TEXT
+
+    df = _real_reports()
+    no_region = _no_region_report(df)
+    # Reports without quotes: the stand-in rejoins a request's sentences with spaces, which loses a quote's
+    # sentence boundary (its answer then fails validation as an invented sentence).
+    real = df[~df.report_text.str.contains('"')].head(2)
+    table_in = pd.DataFrame({"case_id": [*real.AccessionNo, "none", "blank"],
+                             "report": [*real.report_text, no_region, ""]})
+    caplog.set_level("INFO", logger="reg2rg.split.table")
+    if kind == "rules":
+        table, failures = split_report_table(table_in, "rules")
+    else:
+        with StandinServer() as srv:
+            table, failures = split_report_table(table_in, "llm", splitter=_splitter(srv), progress=False)
+    assert list(table.split_status) == ["ok", "ok", "no_region_text", "empty"] and failures.empty
+    row = table.iloc[2]
+    assert all(t is None for t in row.region_texts) and row.others == split_sentences(no_region)
+    assert list(row.problems) == [PROBLEM_NO_REGION_TEXT]
+    assert list(table.problems[0]) == [] and any(table.region_texts[0])
+    assert "2 ok, 1 no_region_text, 1 empty, 0 failed" in caplog.text
+
+
+def test_duplicate_report_ids_are_refused_naming_them(tmp_path, caplog):
+    from reg2rg.cli import main
+    from reg2rg.errors import InputError
+
+    df = _real_reports(5)
+    ids = ["train_1", "train_2", "train_1", "train_3", "train_2"]
+    with pytest.raises(InputError, match=r"reports\.csv: case_id not unique: train_1, train_2 given more than once"):
+        split_report_table(pd.DataFrame({"case_id": ids, "report": df.report_text}), source="reports.csv")
+    csv = tmp_path / "reports.csv"
+    pd.DataFrame({"AccessionNo": ids, "report_text": df.report_text}).to_csv(csv, index=False)
+    out = tmp_path / "regions.parquet"
+    assert main(["split-reports", "--input", str(csv), "--output", str(out)]) == 2
+    assert f"{csv}: case_id not unique: train_1, train_2 given more than once" in caplog.text
+    assert not out.exists()

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from reg2rg.constants import REGIONS
-from reg2rg.errors import InputError
+from reg2rg.errors import InputError, check_unique_ids
 from reg2rg.prompt import parse_rra, strip_rra
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ def check_predictions(df, path: str | Path = "<predictions>") -> None:
         raise InputError(path, f"missing column(s) {missing}; need {list(REQUIRED_COLUMNS)}, found {list(df.columns)}")
     if len(df) == 0:
         raise InputError(path, "no rows")
-    dup = df["case_id"][df["case_id"].duplicated()].tolist()
-    if dup:
-        raise InputError(path, f"case_id not unique: {dup[:5]}")
+    check_unique_ids(df["case_id"], path)
     if "region_areas" in df.columns:
         for cid, v in zip(df["case_id"], df["region_areas"]):
             try:

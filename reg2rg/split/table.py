@@ -1,9 +1,14 @@
 """Split a table of whole reports into the region report table of `reg2rg.reports`
 (`case_id, report, region_texts, problems`) plus `others`, `split_status` and `splitter` columns.
 
-A report that could not be split keeps all region texts None, `split_status` "failed" and the problem
-"split failed: <reason>"; its raw answer goes to the failures table. It is never passed off as a report
-with empty regions.
+`split_status` (SPLIT_STATUSES), one per report:
+    ok               split, at least one sentence in a region
+    no_region_text   split, but no sentence belongs to any region (all in `others`): region texts all None and
+                     the problem "no region text: ..."; the manifest then excludes the scan
+    empty            no report text: the problem "no text"
+    failed           could not be split: region texts all None, the problem "split failed: <reason>"; its raw
+                     answer goes to the failures table. Never passed off as a report with empty regions.
+Report ids must be unique: a table with an id twice is refused before anything is split.
 """
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ import json
 import logging
 
 from reg2rg.constants import REGIONS
-from reg2rg.errors import ConfigError
+from reg2rg.errors import ConfigError, check_unique_ids
 from reg2rg.reports import PROBLEM_NO_TEXT
 
 log = logging.getLogger(__name__)
 
 PROBLEM_SPLIT_FAILED = "split failed"
+PROBLEM_NO_REGION_TEXT = "no region text: no sentence of the report belongs to a region"
+SPLIT_STATUSES = ("ok", "no_region_text", "empty", "failed")
 FAILURE_COLUMNS = ["case_id", "reason", "raw", "attempts", "errors"]
 
 
@@ -32,8 +39,9 @@ def make_splitter(kind: str, llm: dict | None = None, cache_dir=None, retry_fail
 
 
 def split_report_table(reports, kind: str = "rules", llm: dict | None = None, cache_dir=None,
-                       retry_failed: bool = True, splitter=None, progress: bool = True):
-    """reports: DataFrame with `case_id, report`. Returns (region table, failures table)."""
+                       retry_failed: bool = True, splitter=None, progress: bool = True, source="<reports>"):
+    """reports: DataFrame with `case_id, report` (`source`: the file it came from, named in errors). Returns
+    (region table, failures table)."""
     import pandas as pd
 
     from reg2rg.split.rules import RULES_VERSION, rules_split
@@ -41,6 +49,7 @@ def split_report_table(reports, kind: str = "rules", llm: dict | None = None, ca
     missing = [c for c in ("case_id", "report") if c not in reports.columns]
     if missing:
         raise ValueError(f"split_report_table: missing column(s) {', '.join(missing)}")
+    check_unique_ids(reports["case_id"], source)
     texts = ["" if r is None or (isinstance(r, float) and r != r) else str(r) for r in reports["report"]]
     nonempty = [i for i, t in enumerate(texts) if t.strip()]
     results: dict[int, dict] = {}
@@ -67,6 +76,9 @@ def split_report_table(reports, kind: str = "rules", llm: dict | None = None, ca
         elif res["status"] == "ok":
             row["region_texts"] = list(res["split"]["region_texts"])
             row["others"] = list(res["split"]["others"])
+            if all(t is None or not str(t).strip() for t in row["region_texts"]):
+                row["split_status"] = "no_region_text"
+                row["problems"].append(PROBLEM_NO_REGION_TEXT)
         else:
             row["split_status"] = "failed"
             row["problems"].append(f"{PROBLEM_SPLIT_FAILED}: {res['reason']}")
@@ -77,9 +89,14 @@ def split_report_table(reports, kind: str = "rules", llm: dict | None = None, ca
     table = pd.DataFrame(rows, columns=["case_id", "report", "region_texts", "problems", "others", "split_status",
                                         "splitter"])
     fails = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
-    log.info("split %d reports with %s: %d ok, %d failed, %d empty", len(table), name,
-             int((table.split_status == "ok").sum()), len(fails), int((table.split_status == "empty").sum()))
+    log.info("split %d reports with %s: %s", len(table), name, split_summary(table))
     return table, fails
+
+
+def split_summary(table) -> str:
+    """How many reports have each split status, e.g. "3 ok, 1 no_region_text, 0 empty, 0 failed"."""
+    counts = table["split_status"].value_counts()
+    return ", ".join(f"{int(counts.get(s, 0))} {s}" for s in SPLIT_STATUSES)
 
 
 def read_report_input(path, id_column: str | None = None, text_column: str | None = None):
@@ -123,7 +140,7 @@ def cli(args) -> int:
 
     def run():
         return split_report_table(reports, args.splitter, llm=llm, cache_dir=args.cache,
-                                  retry_failed=not args.no_retry_failed)
+                                  retry_failed=not args.no_retry_failed, source=args.input)
 
     if args.splitter == "llm" and args.serve_model:
         from reg2rg.split.serve import managed_server, vllm_command
@@ -143,5 +160,5 @@ def cli(args) -> int:
             failures.to_parquet(args.failures, index=False)
         else:
             failures.to_csv(args.failures, index=False)
-    log.info("wrote %s (%d reports, %d failed)", args.output, len(table), len(failures))
+    log.info("wrote %s (%d reports: %s)", args.output, len(table), split_summary(table))
     return 1 if len(failures) and args.fail_on_error else 0

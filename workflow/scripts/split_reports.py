@@ -22,7 +22,8 @@ serve = llm.pop("serve", None) or {}
 
 
 def run():
-    return split_report_table(ctrg_reports(inv), kind, llm=llm, cache_dir=snakemake.params.cache)
+    return split_report_table(ctrg_reports(inv), kind, llm=llm, cache_dir=snakemake.params.cache,
+                              source=snakemake.input.inventory)
 
 
 if kind == "llm" and serve.get("enabled"):
