@@ -81,6 +81,56 @@ def test_reg2rg_text_on_stripped_reports(run):
     assert whole["overall"]["bleu_4"] == pytest.approx(tm.bleu_13a(preds, refs, max_order=4, smooth=True).bleu)
 
 
+def test_what_is_left_out_is_counted(run):
+    _, m, *_ = run
+    assert m["n_scans"] == m["n_scored"] == 4
+    assert m["excluded"] == {"empty_reference": 0, "case_ids": {"empty_reference": []},
+                             # s3 region 3 (bone) has no prediction; s4 is plain with no region_areas
+                             "region_text": {"empty_reference": 0, "empty_prediction": 1},
+                             "region_recognition": {"no_true_area": 1}}
+
+
+def _real_table() -> pd.DataFrame:
+    """Real CT-RATE reports: each scan's prediction is another scan's report; scan r4 is in RRA form with a
+    prompt region (lung) that its reference has no text for."""
+    from conftest import SHARED_DATA
+
+    texts = list(pd.read_csv(SHARED_DATA / "ct-clip-reports" / "train.csv", nrows=6).report_text)
+    heart = "Heart contour and size are normal."
+    return pd.DataFrame({
+        "case_id": ["r1", "r2", "r3", "r4"],
+        "reference": texts[:3] + [build_rra_target([(1, "heart", heart)])],
+        "prediction": texts[3:6] + [build_rra_target([(1, "heart", heart), (2, "lung", texts[0][:80])])],
+        "region_areas": [None, None, None, ["heart", "lung"]],
+    })
+
+
+def test_empty_reference_is_left_out_of_every_metric(tmp_path, caplog):
+    """A scan with an empty reference (blank, or RRA prefixes with no text) changes no metric: every number
+    equals the table's without it, and metrics.json counts and names it."""
+    clean = _real_table()
+    empty = pd.DataFrame({"case_id": ["e1", "e2"], "reference": ["  ", "The region 1 is heart: "],
+                          "prediction": [clean.reference[0], "The region 1 is heart: The heart is enlarged."],
+                          "region_areas": [None, ["heart"]]})
+    mixed = pd.concat([clean.iloc[:2], empty.iloc[:1], clean.iloc[2:], empty.iloc[1:]], ignore_index=True)
+    caplog.set_level("WARNING", logger="reg2rg.evaluate")
+    got = evaluate_predictions(mixed, protocol="reg2rg", meta={"predictions_file": "mixed.parquet"})
+    want = evaluate_predictions(clean, protocol="reg2rg")
+    assert got["n_scans"] == 6 and got["n_scored"] == want["n_scored"] == 4
+    assert got["excluded"]["empty_reference"] == 2 and got["excluded"]["case_ids"] == {"empty_reference": ["e1", "e2"]}
+    assert got["excluded"]["region_text"] == want["excluded"]["region_text"] == {"empty_reference": 1,
+                                                                                "empty_prediction": 0}
+    assert got["excluded"]["region_recognition"] == {"no_true_area": 3}
+    for key in ("text", "clinical_efficacy", "region_recognition"):
+        assert got[key] == want[key], key
+    for side in ("reference", "generated"):
+        assert got["lengths"][side] == want["lengths"][side]
+    assert got["region_recognition"]["n_regions"] == 2  # r4's heart and its lung (truth from the mask)
+    assert "2 scans with an empty reference are left out of every metric: e1, e2" in caplog.text
+    with pytest.raises(InputError, match=r"mixed\.parquet: every reference is empty \(2 scans\)"):
+        evaluate_predictions(empty, protocol="reg2rg", meta={"predictions_file": "mixed.parquet"})
+
+
 def test_region_groups_by_true_area(run):
     df, m, *_ = run
     areas = [None if a is None else list(a) for a in df["region_areas"]]

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("coco", "reg2rg")
 LENGTH_PLOT = "report_lengths.png"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: n_scored and excluded (empty references left out of every metric)
 REQUIRED_COLUMNS = ("case_id", "reference", "prediction")
 META_KEYS = ("dataset", "model_preset", "decoding", "config_digest")
 _PACKAGES = ("numpy", "pandas", "scipy", "sacrebleu", "rouge-score", "nltk", "pycocoevalcap", "matplotlib",
@@ -156,30 +156,55 @@ def _meta_from(df, meta: dict | None) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Region texts
 # ---------------------------------------------------------------------------------------------------------
-def region_text_groups(references: Sequence[str], predictions: Sequence[str],
-                       region_areas: Sequence[list | None]) -> dict[str, tuple[list[str], list[str]]]:
-    """Area -> (predicted texts, reference texts) of the region indices where both reports are in RRA form
-    and both have text for that index; the area is the index's true area (mask, else reference prefix)."""
+def _region_texts(references: Sequence[str], predictions: Sequence[str], region_areas: Sequence[list | None]):
+    """(true area, reference text, predicted text) of every true region index of the scans whose reference
+    is in RRA form; the area is the index's true area (mask, else reference prefix); "" where a side has no
+    text for the index (a plain prediction has none for any)."""
     from reg2rg.evaluate.recognition import true_areas
 
-    groups: dict[str, tuple[list[str], list[str]]] = {}
     for ref, pred, areas in zip(references, predictions, region_areas):
-        ref_parts, pred_parts = parse_rra(ref), parse_rra(pred)
-        if not ref_parts or not pred_parts:
+        ref_parts = parse_rra(ref)
+        if not ref_parts:
             continue
         ref_by, pred_by = {}, {}
         for p in ref_parts:
             ref_by.setdefault(p.index, p.text)
-        for p in pred_parts:
+        for p in parse_rra(pred):
             pred_by.setdefault(p.index, p.text)
         for idx, area in true_areas(ref, areas).items():
-            r, g = ref_by.get(idx, ""), pred_by.get(idx, "")
-            if r.strip() and g.strip():
-                preds, refs = groups.setdefault(area, ([], []))
-                preds.append(g)
-                refs.append(r)
+            yield area, ref_by.get(idx, "").strip(), pred_by.get(idx, "").strip()
+
+
+def region_text_groups(references: Sequence[str], predictions: Sequence[str],
+                       region_areas: Sequence[list | None]) -> dict[str, tuple[list[str], list[str]]]:
+    """Area -> (predicted texts, reference texts) of the region indices where both reports are in RRA form
+    and both have text for that index; the area is the index's true area (mask, else reference prefix)."""
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for area, r, g in _region_texts(references, predictions, region_areas):
+        if r and g:
+            preds, refs = groups.setdefault(area, ([], []))
+            preds.append(g)
+            refs.append(r)
     order = {a: i for i, a in enumerate(REGIONS)}
     return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def region_text_exclusions(references: Sequence[str], predictions: Sequence[str],
+                           region_areas: Sequence[list | None]) -> dict[str, int]:
+    """How many true region indices the per-region text metrics leave out, and why: no reference text for
+    the index (`empty_reference`), else no predicted text for it (`empty_prediction`)."""
+    out = {"empty_reference": 0, "empty_prediction": 0}
+    for _, r, g in _region_texts(references, predictions, region_areas):
+        if not r:
+            out["empty_reference"] += 1
+        elif not g:
+            out["empty_prediction"] += 1
+    return out
+
+
+def empty_references(references: Sequence[str]) -> list[int]:
+    """Positions of the references with no text once RRA prefixes are removed (None, blank, prefixes only)."""
+    return [i for i, r in enumerate(references) if not strip_rra(r or "").strip()]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,12 +256,23 @@ def evaluate_predictions(df, protocol: str = "all", labeler=None, out_dir: str |
     from reg2rg.evaluate.plots import length_distributions, plot_lengths, word_lengths
     from reg2rg.evaluate.recognition import recognition_metrics, region_pairs
 
-    check_predictions(df)
+    source_file = (meta or {}).get("predictions_file") or "<predictions>"
+    check_predictions(df, source_file)
     protocols = _protocols(protocol)
     case_ids = [str(c) for c in df["case_id"]]
     refs_raw, preds_raw = _texts(df["reference"]), _texts(df["prediction"])
     areas = ([_parse_areas(v) for v in df["region_areas"]] if "region_areas" in df.columns
              else [None] * len(df))
+    # One rule for every metric: a scan whose reference has no text is scored by none of them.
+    empty = set(empty_references(refs_raw))
+    if len(empty) == len(df):
+        raise InputError(source_file, f"every reference is empty ({len(df)} scans): nothing to score")
+    if empty:
+        log.warning("%d scans with an empty reference are left out of every metric: %s", len(empty),
+                    ", ".join(case_ids[i] for i in sorted(empty)[:10]))
+    excluded_ids = [case_ids[i] for i in sorted(empty)]
+    keep = [i for i in range(len(df)) if i not in empty]
+    case_ids, refs_raw, preds_raw, areas = ([v[i] for i in keep] for v in (case_ids, refs_raw, preds_raw, areas))
     refs, preds = [strip_rra(t) for t in refs_raw], [strip_rra(t) for t in preds_raw]
     regions = region_text_groups(refs_raw, preds_raw, areas)
 
@@ -262,6 +298,12 @@ def evaluate_predictions(df, protocol: str = "all", labeler=None, out_dir: str |
     source = ("mixed" if from_masks and from_refs else "region_areas" if from_masks
               else "reference" if from_refs else None)
     rec = recognition_metrics(pairs, source=source)
+    excluded = {
+        "empty_reference": len(excluded_ids),
+        "case_ids": {"empty_reference": excluded_ids},
+        "region_text": region_text_exclusions(refs_raw, preds_raw, areas),
+        "region_recognition": {"no_true_area": len(case_ids) - rec["n_scans"]},
+    }
 
     lengths = length_distributions(word_lengths(refs), word_lengths(preds))
     lengths["plot"] = None
@@ -275,6 +317,8 @@ def evaluate_predictions(df, protocol: str = "all", labeler=None, out_dir: str |
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": m["dataset"],
         "n_scans": int(len(df)),
+        "n_scored": len(case_ids),
+        "excluded": excluded,
         "model_preset": m["model_preset"],
         "decoding": m["decoding"],
         "config_digest": m["config_digest"],
