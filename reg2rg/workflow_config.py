@@ -10,7 +10,7 @@ ablations.paper.<dataset> to ablation settings). A typo is an error here, never 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from reg2rg.errors import ConfigError
 
