@@ -25,6 +25,9 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "no_lfd": {"use_lfd": False},
     "gpt2": {"llm": {"arch": "gpt2"}},
 }
+# Not in the paper: the full model trained on images paired with other scans' reports (the control that the
+# findings come from the image; training.report_pairing).
+CONTROL_SETTINGS: dict[str, dict[str, Any]] = {"shuffled": {"report_pairing": "shuffled"}}
 
 # (column title, key into the row dict, number of decimals)
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -51,9 +54,11 @@ def merge_overrides(preset: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 
 
 def setting_flags(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The ablation flags of a setting (unset flags are on, as in the full model) and the LLM architecture."""
+    """The ablation flags of a setting (unset flags are on, as in the full model), the LLM architecture and the
+    report pairing of its training (`report_pairing`, "own" unless the setting's training changes it)."""
     flags = {k: bool(overrides.get(k, v)) for k, v in _DEFAULT_FLAGS.items()}
     flags["llm_arch"] = (overrides.get("llm") or {}).get("arch")
+    flags["report_pairing"] = overrides.get("report_pairing", "own")
     return flags
 
 
@@ -83,11 +88,12 @@ def ablation_table(settings: Sequence[tuple[str, Mapping[str, Any], Mapping[str,
                    paper: Mapping[str, Mapping[str, float]] | None = None, title: str | None = None) -> str:
     """One Markdown table, a row per setting in the order given.
 
-    settings: (name, overrides, metrics dict or path to metrics.json). paper: setting name -> the paper's
+    settings: (name, overrides, metrics dict or path to metrics.json); overrides are the setting's model keys
+    plus `report_pairing` from its training. paper: setting name -> the paper's
     numbers by column key (COLUMNS keys); given, each such setting gets a second row "name (paper)".
     A region recognition column is "–" for a setting without RRA (nothing is named there).
     """
-    head = ["setting", *(t for t, _ in FLAGS), "LFD", "LLM", *(t for t, _, _ in COLUMNS)]
+    head = ["setting", *(t for t, _ in FLAGS), "LFD", "LLM", "reports", *(t for t, _, _ in COLUMNS)]
     lines = []
     if title:
         lines += [title, ""]
@@ -102,11 +108,12 @@ def ablation_table(settings: Sequence[tuple[str, Mapping[str, Any], Mapping[str,
             row["region_f1"] = row["region_f1_all"] = None
         marks = ["✓" if flags[k] else "" for _, k in FLAGS]
         lfd = "✓" if flags["use_lfd"] else ""
-        cells = [name, *marks, lfd, flags["llm_arch"] or "preset", *(_fmt(row[k], d) for _, k, d in COLUMNS)]
+        cells = [name, *marks, lfd, flags["llm_arch"] or "preset", flags["report_pairing"],
+                 *(_fmt(row[k], d) for _, k, d in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
         if name in paper:
             p = paper[name]
-            cells = [f"{name} (paper)", *marks, lfd, flags["llm_arch"] or "preset",
+            cells = [f"{name} (paper)", *marks, lfd, flags["llm_arch"] or "preset", flags["report_pairing"],
                      *(_fmt(p.get(k), d) for _, k, d in COLUMNS)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -141,6 +141,32 @@ def write_manifests(manifest, out_paths: dict[str, str]) -> None:
         log.info("wrote %s (%d scans)", path, len(part))
 
 
+REPORT_COLUMNS = ("report", "region_texts", "labels")
+
+
+def paired_with_other_reports(manifest, seed: int):
+    """The control that a model's findings come from the image: every scan of `manifest` keeps its image and
+    masks and gets another scan's report, region texts and labels (a seeded random derangement of the rows:
+    no scan keeps its own). A model trained on it can learn the reports' language and frequencies, not which
+    image shows which finding. Needs at least two rows."""
+    import numpy as np
+
+    from reg2rg.errors import InputError
+
+    n = len(manifest)
+    if n < 2:
+        raise InputError("manifest", f"pairing reports with other scans needs at least two scans, got {n}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    donor = np.roll(order, 1)  # a cyclic shift of a random order: a derangement, every row gives and takes one
+    perm = np.empty(n, dtype=np.int64)
+    perm[order] = donor
+    out = manifest.reset_index(drop=True).copy()
+    for col in REPORT_COLUMNS:
+        out[col] = manifest[col].reset_index(drop=True).iloc[perm].reset_index(drop=True)
+    return out
+
+
 def read_manifest(path, included_only: bool = False):
     import pandas as pd
 

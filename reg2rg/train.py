@@ -60,6 +60,7 @@ RUN_CONFIG_FILE = "run_config.json"
 RANKS_DIR = "ranks"
 SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+REPORT_PAIRINGS = ("own", "shuffled")
 # Settings that change the result; the others (checkpointing, logging, workers, resources) may change
 # between a run and its resumption.
 _RESULT_KEYS = ("epochs", "max_steps", "per_device_batch_size", "effective_batch_size", "learning_rate",
@@ -100,6 +101,10 @@ class TrainingConfig:
     # change: compute them once (fp16, `{work}/vit_features/`) and train the Perceiver and the rest on them,
     # without running the ViT or making the global and texture inputs again (see docs/performance.md).
     cache_vit_features: bool = False
+    # "own": each training scan with its own report. "shuffled": each scan's image with another training scan's
+    # report, region texts and labels (reg2rg.manifest.paired_with_other_reports, seeded by `seed`): the
+    # ablation control that proves the findings come from the image (its model must fall to the baseline).
+    report_pairing: str = "own"
     resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow (gpu, mem_mb, runtime)
 
     def __post_init__(self):
@@ -114,6 +119,9 @@ class TrainingConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"training.mixed_precision: {self.mixed_precision!r} is not one of "
                               f"{', '.join(MIXED_PRECISION)}")
+        if self.report_pairing not in REPORT_PAIRINGS:
+            raise ConfigError(f"training.report_pairing: {self.report_pairing!r} is not one of "
+                              f"{', '.join(REPORT_PAIRINGS)}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"training.adam_betas: expected two numbers, got {self.adam_betas!r}")
         if self.effective_batch_size % self.per_device_batch_size:
@@ -1059,6 +1067,11 @@ def _main(args) -> int:
     model_config = config_from_preset(preset, **model_sets)
     tokenizer = resolve_tokenizer(model_config, args.tokenizer)
     manifest = read_manifest(args.manifest)
+    if training.report_pairing == "shuffled":
+        from reg2rg.manifest import paired_with_other_reports
+
+        manifest = paired_with_other_reports(manifest[manifest.status == "included"], training.seed)
+        log.info("report_pairing shuffled: every training scan is paired with another scan's report")
     dataset = Reg2RGDataset(manifest, _cache_dir(args.cache), model_config.input_size, split="train", text=True,
                             lfd=model_config.use_lfd)
     run_info = {"dataset": args.dataset, "preset": args.preset, "manifest": str(args.manifest),

@@ -318,6 +318,21 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def findings_table_html(metrics: dict) -> str:
+    """The clinical-efficacy table per finding (label): support (reference reports with it), reports the model
+    gave it, precision, recall, F1. Labels neither in a reference nor in a prediction are left out; empty
+    when the metrics have no clinical efficacy."""
+    per = (metrics.get("clinical_efficacy") or {}).get("per_label") or []
+    rows = [r for r in per if r.get("support") or r.get("predicted")]
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{_e(r['label'])}</td><td>{r['support']}</td><td>{r['predicted']}</td>"
+                   f"<td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td><td>{_fmt(r['f1'])}</td></tr>"
+                   for r in rows)
+    return ("<h2>Findings</h2><table><tr><th>finding</th><th>support</th><th>predicted</th><th>precision</th>"
+            f"<th>recall</th><th>F1</th></tr>{body}</table>")
+
+
 def _region_rows(reference: str, prediction: str, region_areas: list) -> str:
     from reg2rg.prompt import parse_rra
 
@@ -431,7 +446,7 @@ def build_viewer(predictions, manifest, metrics, out_dir, *, title: str | None =
     plots_html = "".join(f"<h3>{_e(t)}</h3><img src=\"{p}\" alt=\"{_e(t)}\">" for t, p in plots)
     name = title or f"reg2rg test predictions: {met.get('dataset') or ''}"
     body = (f"<h1>{_e(name)}</h1>{summary}<h2>Cases</h2><table><tr><th>case</th><th>BLEU-4</th><th>ROUGE-L</th>"
-            f"<th>regions recognised</th></tr>{''.join(rows)}</table><h2>Metrics</h2>"
+            f"<th>regions recognised</th></tr>{''.join(rows)}</table>{findings_table_html(met)}<h2>Metrics</h2>"
             f"<div class=\"plots\">{plots_html}</div>")
     index = out / "index.html"
     index.write_text(_page(name, body))

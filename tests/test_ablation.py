@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reg2rg.ablation import (COLUMNS, PAPER_SETTINGS, ablation_table, merge_overrides, row_from_metrics,
+from reg2rg.ablation import (COLUMNS, CONTROL_SETTINGS, PAPER_SETTINGS, ablation_table, merge_overrides, row_from_metrics,
                              setting_flags)
 from reg2rg.errors import InputError
 from reg2rg.model.config import Reg2RGConfig
@@ -37,14 +37,16 @@ def test_table_from_metrics_files(tmp_path):
     d = tmp_path / "d.json"
     d.write_text(json.dumps(_metrics(0.45678, 0.5, 0.96, 0.9)))
     text = ablation_table([("c", PAPER_SETTINGS["c"], c), ("d", PAPER_SETTINGS["d"], d),
-                           ("gpt2", PAPER_SETTINGS["gpt2"], _metrics(0.1, 0.1, 0.5))], title="T")
+                           ("gpt2", PAPER_SETTINGS["gpt2"], _metrics(0.1, 0.1, 0.5)),
+                           ("shuffled", CONTROL_SETTINGS["shuffled"], _metrics(0.1, 0.1, 0.5))], title="T")
     assert text.startswith("T\n\n")
     rows = _rows(text)
     head = rows[0]
     assert head[:7] == ["setting", "global", "texture", "geometry", "RRA", "LFD", "LLM"]
-    assert head[7:] == [t for t, _, _ in COLUMNS]
+    assert head[7] == "reports" and head[8:] == [t for t, _, _ in COLUMNS]
     by = {r[0]: dict(zip(head, r)) for r in rows[2:]}
-    assert list(by) == ["c", "d", "gpt2"]
+    assert list(by) == ["c", "d", "gpt2", "shuffled"]
+    assert by["d"]["reports"] == "own" and by["shuffled"]["reports"] == "shuffled" and by["shuffled"]["RRA"] == "✓"
     assert [by["c"][k] for k in ("global", "texture", "geometry", "RRA", "LFD")] == ["✓", "✓", "✓", "", "✓"]
     assert by["d"]["RRA"] == "✓" and by["d"]["LLM"] == "preset" and by["gpt2"]["LLM"] == "gpt2"
     assert by["d"]["BLEU-1"] == "0.457" and by["d"]["BLEU-4"] == f"{0.45678 / 4:.3f}"
@@ -89,7 +91,7 @@ def test_merge_overrides_is_nested_and_pure():
 
 def test_setting_flags():
     assert setting_flags({}) == {"use_global": True, "use_texture": True, "use_geometry": True, "use_rra": True,
-                                 "use_lfd": True, "llm_arch": None}
+                                 "use_lfd": True, "llm_arch": None, "report_pairing": "own"}
     f = setting_flags(PAPER_SETTINGS["baseline"])
     assert (f["use_global"], f["use_texture"], f["use_geometry"], f["use_rra"]) == (True, False, False, False)
 
@@ -97,7 +99,9 @@ def test_setting_flags():
 def test_config_settings_match_the_paper_and_build_on_the_tiny_preset():
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     settings = cfg["ablations"]["settings"]
-    assert list(settings) == list(PAPER_SETTINGS)
+    assert list(settings) == list(PAPER_SETTINGS) + list(CONTROL_SETTINGS)
+    for name, training in CONTROL_SETTINGS.items():  # the full model, trained otherwise
+        assert not settings[name].get("model") and settings[name]["training"] == training, name
     for name, flags in PAPER_SETTINGS.items():
         model = settings[name]["model"]
         for key, value in flags.items():
@@ -107,7 +111,7 @@ def test_config_settings_match_the_paper_and_build_on_the_tiny_preset():
                 assert model[key] == value, name
     assert set(cfg["ablations"]["table"]) <= set(settings)
     for name in cfg["ablations"]["table"]:
-        Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], settings[name]["model"]))
+        Reg2RGConfig.from_dict(merge_overrides(cfg["presets"]["tiny"], settings[name].get("model", {})))
 
 
 @pytest.mark.parametrize("training, d_trains", [({}, False), ({"max_steps": 7}, True)])

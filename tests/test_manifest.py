@@ -83,3 +83,22 @@ def test_parquet_round_trip_and_schema(stages, tmp_path):
     broken.loc[0, "status"] = "maybe"
     with pytest.raises(InputError, match=r"row 0 .*status"):
         validate_manifest(broken, "x.parquet")
+
+
+def test_reports_paired_with_other_scans_is_a_seeded_derangement():
+    from reg2rg.manifest import paired_with_other_reports
+
+    n = 9
+    df = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "volume": [f"v{i}" for i in range(n)],
+                       "report": [f"report {i}" for i in range(n)],
+                       "region_texts": [[f"text {i}"] * 10 for i in range(n)], "labels": [[i % 2] * 18 for i in range(n)]})
+    out = paired_with_other_reports(df, seed=3)
+    assert out.case_id.tolist() == df.case_id.tolist() and out.volume.tolist() == df.volume.tolist()
+    donor = [int(r.split()[1]) for r in out.report]
+    assert sorted(donor) == list(range(n)) and all(d != i for i, d in enumerate(donor))  # every report used once
+    for i, d in enumerate(donor):  # the whole report of the donor scan moves together
+        assert list(out.region_texts[i]) == [f"text {d}"] * 10 and list(out.labels[i]) == [d % 2] * 18
+    assert paired_with_other_reports(df, seed=3).report.tolist() == out.report.tolist()
+    assert paired_with_other_reports(df, seed=4).report.tolist() != out.report.tolist()
+    with pytest.raises(InputError, match="at least two"):
+        paired_with_other_reports(df.iloc[:1], seed=0)

@@ -53,8 +53,10 @@ def _dataset(root: Path) -> Path:
     from PIL import Image
 
     Image.new("RGB", (40, 30), (10, 20, 30)).save(res / "report_lengths.png")
-    per_label = [{"label": lab, "precision": 0.5, "recall": 0.5, "f1": i / 18, "support": 1, "predicted": 1,
-                  "tp": 1, "fp": 0, "fn": 0, "tn": 1} for i, lab in enumerate(ABNORMALITY_LABELS)]
+    # every label but the last in a reference or a prediction; the last in none (left out of the findings table)
+    per_label = [{"label": lab, "precision": 0.5, "recall": 0.25, "f1": i / 18, "support": int(i < 17) * (i + 1),
+                  "predicted": int(i < 17), "tp": 1, "fp": 0, "fn": 0, "tn": 1}
+                 for i, lab in enumerate(ABNORMALITY_LABELS)]
     metrics = {"dataset": "synth", "n_scans": 2, "model_preset": "tiny",
                "clinical_efficacy": {"micro": {"f1": 0.4}, "per_label": per_label},
                "region_recognition": {"accuracy": 2 / 3, "confusion": {
@@ -86,6 +88,10 @@ def test_viewer_site(tmp_path, monkeypatch):
     assert {p.name for p in (res / "viewer" / "plots").iterdir()} == {
         "report_lengths.png", "clinical_efficacy.png", "recognition_confusion.png"}
     assert "1/2" in page and "1/1" in page  # recognition per scan: case_a named heart as lung
+    findings = page.split("<h2>Findings</h2>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.]+)</td>", findings)
+    assert [r[0] for r in rows] == list(ABNORMALITY_LABELS[:17])
+    assert rows[2][1:] == ("3", "1", "0.500", "0.250")  # support, predicted, precision, recall
 
     a = (res / "viewer" / "cases" / "case_a.html").read_text()
     assert 'href="../index.html"' in a and a.count("data:image/png;base64,") == 2

@@ -104,7 +104,10 @@ rule ablation_table:
         table="results/{dataset}/ablation/table.md",
     params:
         names=config.get("ablations", {}).get("table", []),
-        overrides={k: v.get("model", {}) for k, v in ABLATIONS.items()},
+        overrides=lambda wc: {
+            k: {**v.get("model", {}), "report_pairing": ablation_training(wc.dataset, k).get("report_pairing", "own")}
+            for k, v in ABLATIONS.items()
+        },
         paper=lambda wc: config.get("ablations", {}).get("paper", {}).get(wc.dataset, {}),
     conda:
         "../../envs/core.yaml"
