@@ -128,14 +128,7 @@ def write_label_file(label: np.ndarray, geom: dict, path: Path) -> None:
 def _declared_label_file(path: Path) -> bool:
     """True when `path` says it is a reg2rg label file: LABEL_FILE_NOTE in its header, or a masks sidecar
     beside it with the region order (label files written before the header note)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise InputError(path, f"cannot read as an image: {_short_error(err)}") from err
+    reader = _image_header(path, "cannot read as an image")
     if reader.HasMetaDataKey("descrip") and reader.GetMetaData("descrip").strip() == LABEL_FILE_NOTE:
         return True
     side = sidecar_path(path)
@@ -263,17 +256,23 @@ def _short_error(err: Exception) -> str:
     return text[:300] if text else type(err).__name__
 
 
-def _read_volume_geometry(volume_path: Path) -> dict:
+def _image_header(path: Path, problem: str):
+    """A SimpleITK reader with the header of `path` read (no voxels); InputError `problem: why` if it can't."""
     import SimpleITK as sitk
 
-    if not volume_path.is_file():
-        raise InputError(volume_path, "volume file not found (run the ingest stage first)")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(volume_path))
+    reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(volume_path, f"cannot read the volume: {_short_error(err)}") from err
+        raise InputError(path, f"{problem}: {_short_error(err)}") from err
+    return reader
+
+
+def _read_volume_geometry(volume_path: Path) -> dict:
+    if not volume_path.is_file():
+        raise InputError(volume_path, "volume file not found (run the ingest stage first)")
+    reader = _image_header(volume_path, "cannot read the volume")
     if reader.GetDimension() != 3:
         raise InputError(volume_path, f"volume is {reader.GetDimension()}-D, expected 3-D")
     return _geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
