@@ -973,6 +973,15 @@ def cli(args) -> int:
     return 0
 
 
+def ingest_case(source_root=None, **kwargs) -> dict:
+    """ingest() for one scan of the workflow: an InputError names the file by its path under the data set
+    root (the reason goes into the status table and the manifest, which must not hold absolute paths)."""
+    try:
+        return ingest(source_root=source_root, **kwargs)
+    except InputError as err:
+        raise InputError(relative_source(err.path, source_root) or Path(err.path).name, err.problem) from None
+
+
 def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=False, threads: int = 1,
                      source_root=None):
     """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
@@ -997,4 +1006,4 @@ def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=Fal
         })
         for inv in inventory.itertuples()
     ]
-    return run_per_case(ingest, jobs, threads=threads, desc="ingest")
+    return run_per_case(ingest_case, jobs, threads=threads, desc="ingest")

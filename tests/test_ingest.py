@@ -5,6 +5,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -513,3 +514,47 @@ def test_patient_named_folder_is_in_no_output_or_log(tmp_path, caplog):
         for secret in ("DOE^JOHN_12345", "12345", str(tmp_path)):
             assert secret.encode() not in blob, f"{secret!r} in {f.name}"
     assert "DOE^JOHN" not in caplog.text and str(tmp_path) not in caplog.text
+
+
+def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
+    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
+    (named by its path under the data set root, no absolute path); the others go on."""
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+    from reg2rg.manifest import build_manifest
+    from reg2rg.masks import masks_inventory
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(CIP / "LICENSE.txt", root / "LICENSE.txt")
+    shutil.copy(CIP_NRRD, root / "good.nrrd")
+    arr = _array(CIP_NRRD).astype(np.float32)
+    arr[40] = np.nan
+    sitk.WriteImage(_cip_image(arr), str(root / "nan.nii.gz"))
+    sitk.WriteImage(_cip_image(np.zeros((79, 64, 64)), np.int16), str(root / "zeros.nii.gz"))
+    sitk.WriteImage(_cip_image()[:, :, 40:41], str(root / "one.nrrd"))
+    _two_series(root / "two")
+    seg = root / "seg_good"
+    seg.mkdir()
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(CIP_LUNG)) > 0, sitk.sitkUInt8), str(seg / "lung.nii.gz"))
+    images = {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
+    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": str(root / f),
+                         "mask_dir": str(seg), "report_csv": None, "labels_csv": None, "metadata_csv": None,
+                         "intensity_mode": "hu"} for c, f in images.items()], columns=INVENTORY_COLUMNS)
+    status = ingest_inventory(inv, tmp_path / "volumes", spacing=(4, 4, 4), source_root=root)
+    assert dict(zip(status.case_id, status.status)) == {"good": "ok", "nan": "error", "one": "error",
+                                                          "two": "error", "zeros": "error"}
+    assert json.loads((tmp_path / "volumes" / "good.json").read_text())["source"]["path"] == "good.nrrd"
+    masks = masks_inventory(inv, status, tmp_path / "volumes", tmp_path / "masks")
+    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
+                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
+    m = build_manifest(inv, status, masks, reports, None, tmp_path / "volumes", tmp_path / "masks")
+    m = m.set_index("case_id")
+    assert sorted(m.index) == sorted(images) and m.loc["good", "status"] == "included"
+    want = {"nan": "nan.nii.gz: .*voxels are not finite", "zeros": "zeros.nii.gz: air is None HU.*constant",
+            "one": "one.nrrd: size 64x64x1 voxels: a single slice", "two": "two: 2 CT series with 79 slices each"}
+    for case, reason in want.items():
+        assert m.loc[case, "status"] == "excluded" and re.search(f"ingest failed: {reason}", m.loc[case, "reason"])
+    assert not any(str(tmp_path) in r for r in m.reason)
