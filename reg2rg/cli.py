@@ -60,6 +60,14 @@ def _add_demo_data(sub):
     _paths(p, writes=["--out"])
 
 
+def _add_input_checks(p):
+    """What to do with a scan that ingest would refuse (ingest, report)."""
+    p.add_argument("--fill-nonfinite", type=float, metavar="HU",
+                   help="replace NaN or infinite voxels by this HU value (e.g. -1024) instead of refusing the scan")
+    p.add_argument("--accept-implausible-hu", action="store_true",
+                   help="write the volume even when air is not near -1000 HU (a warning instead of an error)")
+
+
 def _add_ingest(sub):
     p = sub.add_parser("ingest", help="read a CT (DICOM folder, NIfTI, NRRD, MHA) into canonical int16 HU NIfTI")
     p.add_argument("input", help="DICOM series folder or image file")
@@ -73,10 +81,7 @@ def _add_ingest(sub):
                                     "the #hash an error lists")
     p.add_argument("--resample-gaps", action="store_true",
                    help="accept missing DICOM slices and fill them by resampling instead of failing")
-    p.add_argument("--fill-nonfinite", type=float, metavar="HU",
-                   help="replace NaN or infinite voxels by this HU value (e.g. -1024) instead of refusing the scan")
-    p.add_argument("--accept-implausible-hu", action="store_true",
-                   help="write the volume even when air is not near -1000 HU (a warning instead of an error)")
+    _add_input_checks(p)
     p.add_argument("--source-root", help="data set root: the sidecar names the input by its path relative to it "
                                          "(without it: by the checksum of its files only)")
     p.set_defaults(run=_call("reg2rg.ingest:cli"))
@@ -199,7 +204,8 @@ def _add_report(sub):
                                         "(repo, checkpoint, text_encoder_checkpoint, ...; optionally prompts)")
     p.add_argument("--out", required=True, help="report JSON to write")
     p.add_argument("--html", help="also write this self-contained HTML page")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    p.add_argument("--series", help="DICOM series when the folder holds several: its SeriesInstanceUID or #hash")
+    _add_input_checks(p)
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")

@@ -214,7 +214,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None, html=None, settings=None,
-                device=None, work_dir=None, series_uid=None, sat_settings: dict | None = None) -> dict:
+                device=None, work_dir=None, series_uid=None, sat_settings: dict | None = None,
+                fill_nonfinite=None, accept_implausible_hu: bool = False) -> dict:
     """Generate the grounded report of one scan and write `out` (JSON) and `html` (optional page). Returns
     the report dict. See the module docstring."""
     import pandas as pd
@@ -237,7 +238,8 @@ def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None,
 
     with tempfile.TemporaryDirectory(prefix="reg2rg-report-", dir=work_dir) as tmp:
         tmp = Path(tmp)
-        vol_side = ingest(ct, tmp / "scan.nii.gz", series_uid=series_uid)
+        vol_side = ingest(ct, tmp / "scan.nii.gz", series_uid=series_uid, fill_nonfinite=fill_nonfinite,
+                          accept_implausible_hu=accept_implausible_hu)
         sha = vol_side["source"]["sha256"]
         case_id = f"scan-{sha[:12]}"
         volume = tmp / f"{case_id}.nii.gz"
@@ -291,5 +293,6 @@ def cli(args) -> int:
     sat_config = getattr(args, "sat_config", None)
     make_report(args.model, args.ct, args.out, masks=args.masks, segmenter=args.segmenter, html=args.html,
                 settings=settings, device=args.device, series_uid=args.series,
+                fill_nonfinite=args.fill_nonfinite, accept_implausible_hu=args.accept_implausible_hu,
                 sat_settings=load_sat_config(sat_config) if sat_config else None)
     return 0
