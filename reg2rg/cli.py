@@ -37,6 +37,16 @@ def _add_decoding_options(p):
     p.add_argument("--repetition-penalty", type=float, help="default 1.0")
 
 
+def _paths(p, reads=(), writes=()):
+    """Declare which arguments of a command are files it reads and files it writes (as the user types them:
+    `input`, `--ct`), so that main() refuses an output that is an input or another output before running."""
+    p.set_defaults(reads=tuple(reads), writes=tuple(writes))
+
+
+def _path_values(args: argparse.Namespace, names) -> dict:
+    return {n: getattr(args, n.lstrip("-").replace("-", "_"), None) for n in names}
+
+
 def _add_demo_data(sub):
     p = sub.add_parser("demo-data", help="write a synthetic chest CT data set (RadGenome or CTRG layout)")
     p.add_argument("--layout", choices=["radgenome", "ctrg"], default="radgenome")
@@ -47,6 +57,15 @@ def _add_demo_data(sub):
                    help="nominal volume size in voxels (x y z); scans vary around it")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_call("reg2rg.demo:cli"))
+    _paths(p, writes=["--out"])
+
+
+def _add_input_checks(p):
+    """What to do with a scan that ingest would refuse (ingest, report)."""
+    p.add_argument("--fill-nonfinite", type=float, metavar="HU",
+                   help="replace NaN or infinite voxels by this HU value (e.g. -1024) instead of refusing the scan")
+    p.add_argument("--accept-implausible-hu", action="store_true",
+                   help="write the volume even when air is not near -1000 HU (a warning instead of an error)")
 
 
 def _add_ingest(sub):
@@ -58,10 +77,15 @@ def _add_ingest(sub):
     p.add_argument("--metadata", help="CT-RATE v1 metadata CSV (slope, intercept, spacing per VolumeName)")
     p.add_argument("--already-hu", action="store_true",
                    help="the file is already in HU (CT-RATE v2 *_fixed): never rescale it again")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID to read when a folder holds several series")
+    p.add_argument("--series", help="DICOM series to read when a folder holds several: its SeriesInstanceUID or "
+                                    "the #hash an error lists")
     p.add_argument("--resample-gaps", action="store_true",
                    help="accept missing DICOM slices and fill them by resampling instead of failing")
+    _add_input_checks(p)
+    p.add_argument("--source-root", help="data set root: the sidecar names the input by its path relative to it "
+                                         "(without it: by the checksum of its files only)")
     p.set_defaults(run=_call("reg2rg.ingest:cli"))
+    _paths(p, reads=["input", "--metadata"], writes=["output"])
 
 
 def _add_bench(sub):
@@ -71,6 +95,7 @@ def _add_bench(sub):
     b.add_argument("--out", help="write the results as JSON here")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
+    _paths(b, writes=["--out"])
     b.set_defaults(run=_call("reg2rg.bench:cli_ingest"))
     b = bsub.add_parser("loader", help="samples/s of the training loader over the cache vs the authors' per-sample loading")
     b.add_argument("--out", help="write the results as JSON here")
@@ -83,12 +108,14 @@ def _add_bench(sub):
     b.add_argument("--baseline-repeats", type=int, default=1,
                    help="passes over the scans with the authors' loader (about 1-2 min per CT-RATE-size sample)")
     b.add_argument("--threads", type=int, default=1, help="torch threads per loader process (a DataLoader worker: 1)")
+    _paths(b, writes=["--out"])
     b.set_defaults(run=_call("reg2rg.bench:cli_loader"))
     b = bsub.add_parser("padding", help="tokens/s of a tiny-preset training step padded to the longest vs to 2048")
     b.add_argument("--out", help="write the results as JSON here")
     b.add_argument("--batch-size", type=int, default=3)
     b.add_argument("--steps", type=int, default=4)
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    _paths(b, writes=["--out"])
     b.set_defaults(run=_call("reg2rg.bench:cli_padding"))
     b = bsub.add_parser("frozen", help="tiny-preset training step time with cached frozen-ViT features vs running the ViT")
     b.add_argument("--out", help="write the results as JSON here")
@@ -96,6 +123,7 @@ def _add_bench(sub):
     b.add_argument("--steps", type=int, default=4)
     b.add_argument("--paper-vit", action="store_true", help="RadFM's ViT (768 wide, 12 deep) instead of the tiny one")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    _paths(b, writes=["--out"])
     b.set_defaults(run=_call("reg2rg.bench:cli_frozen"))
 
 
@@ -106,6 +134,7 @@ def _add_label(sub):
     p.add_argument("--output", required=True, help="CSV: the input's id columns plus 18 label columns (0/1)")
     _add_labeler_options(p)
     p.set_defaults(run=_call("reg2rg.evaluate.labelers:cli"))
+    _paths(p, reads=["--input", "--checkpoint", "--radbert"], writes=["--output"])
 
 
 def _add_evaluate(sub):
@@ -116,6 +145,7 @@ def _add_evaluate(sub):
     _add_labeler_options(p)
     p.add_argument("--meta", help="JSON object or file: dataset, model_preset, decoding, config_digest")
     p.set_defaults(run=_call("reg2rg.evaluate:cli"))
+    _paths(p, reads=["--predictions", "--meta", "--checkpoint", "--radbert"], writes=["--out"])
 
 
 def _add_split_reports(sub):
@@ -142,6 +172,7 @@ def _add_split_reports(sub):
     p.add_argument("--serve-port", type=int, default=8000)
     p.add_argument("--serve-log", help="llm: where the managed server's output goes")
     p.set_defaults(run=_call("reg2rg.split.table:cli"))
+    _paths(p, reads=["--input", "--serve-model"], writes=["--output", "--failures", "--serve-log"])
 
 
 def _add_generate(sub):
@@ -160,6 +191,7 @@ def _add_generate(sub):
     p.add_argument("--shuffle-regions", action=argparse.BooleanOptionalAction, default=None,
                    help="prompt the regions in a seeded random order (default: REGIONS order)")
     p.set_defaults(run=_call("reg2rg.generate:cli"))
+    _paths(p, reads=["--model", "--manifest", "--cache"], writes=["--out"])
 
 
 def _add_report(sub):
@@ -172,11 +204,13 @@ def _add_report(sub):
                                         "(repo, checkpoint, text_encoder_checkpoint, ...; optionally prompts)")
     p.add_argument("--out", required=True, help="report JSON to write")
     p.add_argument("--html", help="also write this self-contained HTML page")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    p.add_argument("--series", help="DICOM series when the folder holds several: its SeriesInstanceUID or #hash")
+    _add_input_checks(p)
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
     p.set_defaults(run=_call("reg2rg.report:cli"))
+    _paths(p, reads=["--model", "--ct", "--masks", "--sat-config"], writes=["--out", "--html"])
 
 
 COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate, _add_report]
@@ -200,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from reg2rg.errors import Reg2RGError
 
+    from reg2rg.files import refuse_overwrite
+
     try:
+        refuse_overwrite(_path_values(args, getattr(args, "reads", ())),
+                         _path_values(args, getattr(args, "writes", ())))
         result = args.run(args)
     except Reg2RGError as err:
         logging.getLogger("reg2rg").error("%s", err)

@@ -15,7 +15,14 @@ Public API, reused by other stages:
 
 No patient identifier (names, ids, dates, UIDs) is logged, written to the sidecar or to the NIfTI header:
 headers are read only for geometry and rescale values, DICOM UIDs appear only as short hashes, and the
-output is written from a bare array plus geometry.
+output is written from a bare array plus geometry. Nor is the source's path (a folder may be named after the
+patient): the sidecar's `source` has the sha256 of the source files and, given the data set root
+(`source_root`, `--source-root`; the workflow passes the configured root), the path relative to it; logs name
+the source the same way and outputs by file name. Error messages still name the file, for the user to act.
+
+Bad input is refused with InputError, never turned into a wrong volume: truncated files, non-finite voxels
+(unless `fill_nonfinite`), a single slice, air not near -1000 HU (unless `accept_implausible_hu`), two CT
+series with the same slice count in one folder (choose with `series_uid`), an output that is the input.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ import time
 from pathlib import Path
 
 from reg2rg.constants import OUTSIDE_HU
-from reg2rg.files import sha256_files as _sha256_files
+from reg2rg.files import check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,7 @@ CTRATE_OPTIONAL = ("ImageOrientationPatient", "ImagePositionPatient")
 # DICOM tags read from each file's header (stop before pixels): geometry, rescale and grouping only.
 _DICOM_TAGS = [
     "SeriesInstanceUID", "Modality", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-    "Rows", "Columns", "RescaleSlope", "RescaleIntercept", "NumberOfFrames", "ImageType",
+    "Rows", "Columns", "RescaleSlope", "RescaleIntercept", "NumberOfFrames", "ImageType", "SeriesDescription",
 ]
 
 
@@ -312,22 +319,38 @@ class _Source:
     """What the input is, found from headers only: format, files (for the sha256) and, for DICOM, the
     chosen series' slices in order and their geometry."""
 
-    def __init__(self, path: Path, fmt: str, files: list[Path]):
+    def __init__(self, path: Path, fmt: str, files: list[Path], label: str = "the input"):
         self.path = path
         self.format = fmt
         self.files = files
         self.dicom: dict | None = None
+        self.label = label  # how logs name the source: its path under the data set root, never an absolute path
 
     def sha256(self) -> str:
         return _sha256_files(sorted(self.files, key=lambda p: p.name))
 
 
-def _locate(input_path, series_uid=None, resample_gaps=False) -> _Source:
+def relative_source(path, source_root) -> str | None:
+    """`path` relative to the data set root (POSIX separators), or None without a root or outside it: what
+    the sidecar and the logs may say of where a scan came from (an absolute path, or a folder named after the
+    patient above the root, can carry a patient identifier)."""
+    if source_root is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(Path(source_root).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _locate(input_path, series_uid=None, resample_gaps=False, source_root=None) -> _Source:
     path = Path(input_path)
     if not path.exists():
         raise InputError(path, "does not exist")
+    label = relative_source(path, source_root) or "the input"
     if path.is_dir():
-        return _scan_dicom_folder(path, series_uid, resample_gaps)
+        src = _scan_dicom_folder(path, series_uid, resample_gaps, label)
+        src.label = label
+        return src
     if series_uid:
         raise InputError(path, "--series selects a DICOM series in a folder; this input is a single file")
     fmt = _format_of(path)
@@ -335,10 +358,10 @@ def _locate(input_path, series_uid=None, resample_gaps=False) -> _Source:
         if path.suffix.lower() in ("", ".dcm", ".ima"):
             raise InputError(path, "a single file is not a DICOM series: pass the folder that holds the series")
         raise InputError(path, f"unknown image format (expected a DICOM folder or one of {', '.join(FORMATS)})")
-    return _Source(path, fmt, [path])
+    return _Source(path, fmt, [path], label)
 
 
-def _scan_dicom_folder(folder: Path, series_uid, resample_gaps) -> _Source:
+def _scan_dicom_folder(folder: Path, series_uid, resample_gaps, label: str = "the input") -> _Source:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -374,9 +397,12 @@ def _scan_dicom_folder(folder: Path, series_uid, resample_gaps) -> _Source:
     def describe(uid):
         files = groups[uid]
         modality = str(files[0][1].get("Modality", "?"))
-        return f"#{short_hash(uid)} ({modality}, {len(files)} files)"
+        text = " ".join(str(files[0][1].get("SeriesDescription", "") or "").split())[:64]
+        return f"#{short_hash(uid)} ({modality}, {f'{text!r}, ' if text else ''}{len(files)} files)"
 
     if series_uid:
+        wanted = str(series_uid).strip()
+        series_uid = next((u for u in groups if wanted in (u, short_hash(u), f"#{short_hash(u)}")), wanted)
         if series_uid not in groups:
             raise InputError(folder, f"no series with the requested SeriesInstanceUID (#{short_hash(series_uid)}); "
                                      f"the folder holds {', '.join(describe(u) for u in groups)}")
@@ -386,11 +412,17 @@ def _scan_dicom_folder(folder: Path, series_uid, resample_gaps) -> _Source:
         ct = [u for u in groups if str(groups[u][0][1].get("Modality", "CT")).upper() == "CT"]
         if not ct:
             raise InputError(folder, f"no CT series in the folder; it holds {', '.join(describe(u) for u in groups)}")
-        chosen = max(sorted(ct, key=short_hash), key=lambda u: len(groups[u]))
+        ranked = sorted(ct, key=lambda u: (-len(groups[u]), short_hash(u)))
+        tied = [u for u in ranked if len(groups[u]) == len(groups[ranked[0]])]
+        if len(tied) > 1:
+            raise InputError(folder, f"{len(tied)} CT series with {len(groups[tied[0]])} slices each, so none is "
+                                     f"the one to read: {', '.join(describe(u) for u in tied)}; choose one with "
+                                     "--series (its #hash as listed, or its SeriesInstanceUID)")
+        chosen = ranked[0]
         why = "the CT series with the most slices" if len(ct) > 1 else "the only CT series"
     if len(groups) > 1 or series_uid:
         others = [describe(u) for u in groups if u != chosen]
-        log.info("%s: %d series; using %s, %s%s", folder, len(groups), describe(chosen), why,
+        log.info("%s: %d series; using %s, %s%s", label, len(groups), describe(chosen), why,
                  f" (others: {', '.join(others)})" if others else "")
     items = groups[chosen]
     src = _Source(folder, "dicom", [p for p, _ in items])
@@ -399,7 +431,7 @@ def _scan_dicom_folder(folder: Path, series_uid, resample_gaps) -> _Source:
     src.dicom["series_choice"] = why
     src.dicom["series_in_folder"] = len(groups)
     if not_dicom:
-        log.debug("%s: %d files that are not DICOM were skipped", folder, not_dicom)
+        log.debug("%s: %d files that are not DICOM were skipped", label, not_dicom)
     return src
 
 
@@ -544,7 +576,7 @@ def _read_dicom(src: _Source, steps: list):
         steps.append({"step": "fill_gaps", "method": "linear along the slice normal", "from_slices": len(pos),
                       "to_slices": n, "gaps": g["gaps"], "slice_spacing": float(dz)})
         log.warning("%s: %d missing slices or uneven spacing; resampled onto %d uniform slices of %.3f mm",
-                    src.path, g["gaps"], n, dz)
+                    src.label, g["gaps"], n, dz)
     img.SetOrigin(tuple(g["origin"]))
     img.SetDirection(direction)
     return img
@@ -555,7 +587,7 @@ def _read_file(src: _Source):
 
     path = src.path
     if src.format == "nifti":
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
     try:
         with _itk_warnings_off():
             img = sitk.ReadImage(str(path))
@@ -571,74 +603,33 @@ def _read_file(src: _Source):
         img = _strip_metadata(sitk.Extract(img, list(img.GetSize()[:3]) + [0], [0, 0, 0, 0]))
     if img.GetDimension() != 3:
         raise InputError(path, f"a {img.GetDimension()}D image; expected a 3D CT")
+    if min(img.GetSize()) < 2:
+        raise InputError(path, f"size {'x'.join(map(str, img.GetSize()))} voxels: a single slice is not a 3D CT "
+                               "(at least 2 voxels along every axis are needed)")
+    if src.format == "nifti":
+        img = _restore_nifti_nonfinite(path, img)
     return img, header
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint (the missing voxels come back as garbage or zeros), so
-    check the size: a .nii must hold vox_offset + data bytes; a .nii.gz's gzip trailer (ISIZE, the
-    uncompressed length mod 2^32) must match, else the stream is decompressed to find out for sure."""
-    import struct
-    import zlib
+def _restore_nifti_nonfinite(path: Path, img):
+    """ITK's NIfTI reader turns NaN voxels into 0 without a word (0 HU: soft tissue). For a float NIfTI,
+    find the non-finite voxels with nibabel and put NaN back, so that _check_finite sees them."""
+    import numpy as np
+    import SimpleITK as sitk
 
-    name = path.name.lower()
-    gz = name.endswith(".gz")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(352)
-            if gz:
-                try:
-                    head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head + f.read(1 << 16), 352)
-                except zlib.error as err:
-                    raise InputError(path, f"not a valid gzip file ({err})") from None
-    except OSError as err:
-        raise InputError(path, f"cannot open ({err.strerror})") from None
-    if len(head) < 348:
-        raise InputError(path, f"truncated or corrupt: only {len(head)} bytes of the 348-byte NIfTI header")
-    for endian in "<>":
-        if struct.unpack(endian + "i", head[:4])[0] in (348, 540):
-            break
-    else:
-        raise InputError(path, "not a NIfTI file (bad header size field)")
-    if struct.unpack(endian + "i", head[:4])[0] == 540:
-        return  # NIfTI-2: leave the checks to the reader
-    dims = struct.unpack(endian + "8h", head[40:56])
-    bitpix = struct.unpack(endian + "h", head[72:74])[0]
-    vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
-    ndim = max(0, min(7, dims[0]))
-    nvox = 1
-    for d in dims[1: 1 + ndim]:
-        nvox *= max(1, d)
-    expected = max(vox_offset, 352) + nvox * bitpix // 8
-    if not gz:
-        actual = path.stat().st_size
-        if actual < expected:
-            raise InputError(path, f"truncated: {actual} bytes where the header promises {expected}")
-        return
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 4))
-        isize = struct.unpack("<I", f.read(4))[0] if size >= 4 else -1
-    if isize == expected % (1 << 32):
-        return
-    # Trailer mismatch: a truncated file, or a multi-member gzip (bgzip) whose last member is small.
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    total = 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                while chunk:
-                    total += len(d.decompress(chunk))
-                    if d.eof:
-                        chunk = d.unused_data
-                        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    else:
-                        chunk = b""
-    except zlib.error as err:
-        raise InputError(path, f"corrupt gzip data after {total} bytes ({err})") from None
-    if total < expected:
-        raise InputError(path, f"truncated or corrupt gzip: it decompresses to {total} bytes where the NIfTI "
-                               f"header promises {expected}")
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return img
+    import nibabel as nib
+
+    raw = np.asarray(nib.load(str(path)).dataobj)
+    bad = ~np.isfinite(raw.reshape(raw.shape[:3]).T)  # nibabel [x, y, z] -> SimpleITK's [z, y, x]
+    if not bad.any():
+        return img
+    arr = sitk.GetArrayFromImage(img)
+    arr[bad] = np.nan
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ CT-RATE
@@ -747,7 +738,34 @@ def _check_options(input_path, metadata_csv, already_hu, src: _Source) -> None:
                                      "rescale and geometry")
 
 
-def _read_pixels(src: _Source, metadata_csv, already_hu, meta=None):
+def _check_finite(img, src: _Source, fill_nonfinite, steps: list):
+    """Refuse NaN or infinite voxels (a resampled NaN spreads; cast to int16 it becomes 0 HU, soft tissue),
+    or, with `fill_nonfinite` (HU), replace them by that value and record the step."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return img
+    arr = sitk.GetArrayViewFromImage(img)
+    bad = ~np.isfinite(arr)
+    n = int(np.count_nonzero(bad))
+    if n == 0:
+        return img
+    what = "all" if n == arr.size else f"{n} of {arr.size}"
+    if fill_nonfinite is None:
+        raise InputError(src.path, f"{what} voxels are not finite (NaN or infinite): not a CT in HU; pass "
+                                   "--fill-nonfinite HU (e.g. -1024, air) to replace them")
+    fill = float(fill_nonfinite)
+    if not math.isfinite(fill):
+        raise InputError(src.path, f"--fill-nonfinite must be a finite HU value, got {fill_nonfinite!r}")
+    out = sitk.GetImageFromArray(np.where(bad, np.float32(fill), arr).astype(np.float32))
+    out.CopyInformation(img)
+    steps.append({"step": "fill_nonfinite", "voxels": n, "hu": fill})
+    log.warning("%s: %s voxels not finite, set to %g HU (--fill-nonfinite)", src.label, what, fill)
+    return out
+
+
+def _read_pixels(src: _Source, metadata_csv, already_hu, meta=None, fill_nonfinite=None):
     steps: list = []
     if src.format == "dicom":
         img = _read_dicom(src, steps)
@@ -763,22 +781,26 @@ def _read_pixels(src: _Source, metadata_csv, already_hu, meta=None):
         else:
             steps.append({"step": "rescale", "by": "image header (scl_slope/scl_inter where present)"})
         original = geometry(img)  # for CT-RATE v1: the geometry from the metadata, the header's is unusable
+    img = _check_finite(img, src, fill_nonfinite, steps)
     return img, original, steps
 
 
-def read_ct(input_path, metadata_csv=None, already_hu=False, series_uid=None, resample_gaps=False):
+def read_ct(input_path, metadata_csv=None, already_hu=False, series_uid=None, resample_gaps=False,
+            fill_nonfinite=None, source_root=None):
     """Read a CT in HU, in its own orientation and spacing (DICOM geometry from the slice positions;
     CT-RATE v1 geometry from the metadata). Returns (SimpleITK image without metadata dictionary, info)
     where info has `source` (path, format, sha256, size, spacing, origin, direction, plus `dicom` details
     for a series) and `steps`. Raises InputError naming the file and the problem."""
-    src = _locate(input_path, series_uid, resample_gaps)
+    src = _locate(input_path, series_uid, resample_gaps, source_root)
     _check_options(input_path, metadata_csv, already_hu, src)
-    img, original, steps = _read_pixels(src, metadata_csv, already_hu)
-    return img, {"source": _source_record(src, original, src.sha256()), "steps": steps}
+    img, original, steps = _read_pixels(src, metadata_csv, already_hu, fill_nonfinite=fill_nonfinite)
+    return img, {"source": _source_record(src, original, src.sha256(), source_root), "steps": steps}
 
 
-def _source_record(src: _Source, original: dict, sha: str) -> dict:
-    rec = {"path": str(src.path), "format": src.format, "sha256": sha, **original}
+def _source_record(src: _Source, original: dict, sha: str, source_root=None) -> dict:
+    """Where the scan came from, without an absolute path: the sha256 of its files and, when a data set root
+    is given and holds it, its path relative to that root (else null)."""
+    rec = {"path": relative_source(src.path, source_root), "format": src.format, "sha256": sha, **original}
     if src.dicom is not None:
         g = src.dicom
         rec["dicom"] = {"series": g["series"], "series_choice": g["series_choice"],
@@ -825,7 +847,7 @@ def _write_json(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _cached(output: Path, sidecar: Path, sha: str, options: dict, version: str) -> dict | None:
+def _cached(output: Path, sidecar: Path, sha: str, options: dict, version: str, rel: str | None) -> dict | None:
     if not (output.is_file() and sidecar.is_file()):
         return None
     try:
@@ -833,20 +855,27 @@ def _cached(output: Path, sidecar: Path, sha: str, options: dict, version: str) 
     except (OSError, ValueError):
         return None
     if (old.get("reg2rg_version") != version or old.get("options") != options
-            or old.get("source", {}).get("sha256") != sha):
+            or old.get("source", {}).get("sha256") != sha or old["source"].get("path") != rel):
         return None
     if old.get("output", {}).get("sha256") != _sha256_files([output]):
-        log.info("%s: output does not match its sidecar; ingesting again", output)
+        log.info("%s: output does not match its sidecar; ingesting again", output.name)
         return None
     return old
 
 
 def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, already_hu=False,
-           series_uid=None, resample_gaps=False) -> dict:
+           series_uid=None, resample_gaps=False, fill_nonfinite=None, accept_implausible_hu=False,
+           source_root=None) -> dict:
     """Ingest one CT into a canonical int16 HU NIfTI (`output_path`, .nii.gz) plus its JSON sidecar
     (same name, .json); return the sidecar dict. Skips the work and returns the existing sidecar when it
     records the same source sha256, target spacing, options and reg2rg version (and the output file is
-    the one it describes)."""
+    the one it describes).
+
+    Refused with InputError (nothing written): an output that is the input; non-finite voxels unless
+    `fill_nonfinite` gives the HU to put there; a single slice; air outside AIR_HU_RANGE after conversion
+    (not CT in HU: a missing or double rescale, a constant volume) unless `accept_implausible_hu`, then it is
+    a warning. `source_root`: the data set root; the sidecar and logs name the source by its path relative
+    to it (else by its sha256 only), never by an absolute path."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -858,23 +887,26 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
     target = [float(s) for s in spacing]
     if len(target) != 3 or min(target) <= 0:
         raise InputError(output, f"target spacing must be 3 positive numbers, got {spacing!r}")
-    src = _locate(input_path, series_uid, resample_gaps)
+    refuse_overwrite({"input": input_path, "--metadata": metadata_csv}, {"output": output, "its sidecar": side})
+    src = _locate(input_path, series_uid, resample_gaps, source_root)
     _check_options(input_path, metadata_csv, already_hu, src)
     meta = ctrate_metadata(metadata_csv, src.path.name) if metadata_csv else None
     options = {
         "target_spacing": target,
         "already_hu": bool(already_hu),
-        "series": f"#{short_hash(series_uid)}" if series_uid else None,
+        "series": src.dicom["series"] if series_uid and src.dicom else None,
         "resample_gaps": bool(resample_gaps),
+        "fill_nonfinite": None if fill_nonfinite is None else float(fill_nonfinite),
+        "accept_implausible_hu": bool(accept_implausible_hu),
         "ctrate_metadata": None if meta is None else {k: v for k, v in meta.items() if k != "volume_name"},
     }
     sha = src.sha256()
-    old = _cached(output, side, sha, options, __version__)
+    old = _cached(output, side, sha, options, __version__, relative_source(src.path, source_root))
     if old is not None:
-        log.info("%s: up to date (%s), skipped", output, side.name)
+        log.info("%s: up to date (%s), skipped", output.name, side.name)
         return old
 
-    img, original, steps = _read_pixels(src, metadata_csv, already_hu, meta)
+    img, original, steps = _read_pixels(src, metadata_csv, already_hu, meta, fill_nonfinite)
     before = img.GetDirection()
     img = to_canonical(img, "linear", OUTSIDE_HU)
     if img.GetDirection() != before:
@@ -882,6 +914,9 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
                       "resampled": bool(np.abs(np.asarray(before) - np.round(before)).max() > DIRECTION_TOLERANCE)})
     resampled = resample_to_spacing(img, target, "linear", OUTSIDE_HU)
     del img
+    if min(resampled.GetSize()) < 2:
+        raise InputError(src.path, f"at {'x'.join(f'{t:g}' for t in target)} mm the volume is "
+                                   f"{'x'.join(map(str, resampled.GetSize()))} voxels: a single slice is not a 3D CT")
     if resampled.GetSize() != tuple(original["size"]) or list(resampled.GetSpacing()) != original["spacing"]:
         steps.append({"step": "resample", "interpolator": "linear", "spacing": target,
                       "size": list(resampled.GetSize()), "outside_hu": OUTSIDE_HU})
@@ -895,8 +930,11 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
             why = "likely rescaled twice (e.g. a CT-RATE v2 *_fixed file given the v1 metadata)"
         else:
             why = "likely a missing rescale (raw stored values, e.g. CT-RATE v1 without its metadata CSV)"
-        log.warning("%s: air is %s HU after conversion, outside [%g, %g]: not plausible CT in HU; %s",
-                    src.path, hu["air_hu"], AIR_HU_RANGE[0], AIR_HU_RANGE[1], why)
+        problem = (f"air is {hu['air_hu']} HU after conversion, outside [{AIR_HU_RANGE[0]:g}, "
+                   f"{AIR_HU_RANGE[1]:g}]: not plausible CT in HU; {why}")
+        if not accept_implausible_hu:
+            raise InputError(src.path, f"{problem}; pass --accept-implausible-hu to ingest it anyway")
+        log.warning("%s: %s (accepted: --accept-implausible-hu)", src.label, problem)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if output.name.endswith(".nii.gz") else ".nii"
@@ -907,7 +945,7 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = {
-        "source": _source_record(src, original, sha),
+        "source": _source_record(src, original, sha, source_root),
         # Geometry as the NIfTI file holds it (float32 origin and spacing).
         "output": {"path": output.name, **geometry(resampled, float32=True), "dtype": "int16",
                    "sha256": _sha256_files([output])},
@@ -917,27 +955,41 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         "reg2rg_version": __version__,
     }
     _write_json(sidecar, side)
-    log.debug("%s: ingested in %.2f s", output, time.perf_counter() - t0)
+    log.debug("%s: ingested in %.2f s", output.name, time.perf_counter() - t0)
     return sidecar
 
 
 def cli(args) -> int:
     t0 = time.perf_counter()
     side = ingest(args.input, args.output, spacing=tuple(args.spacing), metadata_csv=args.metadata,
-                  already_hu=args.already_hu, series_uid=args.series, resample_gaps=args.resample_gaps)
-    out = side["output"]
-    log.info("%s (%s) -> %s: %s voxels at %s mm, air %s HU%s, %.1f s", args.input, side["source"]["format"],
-             args.output, "x".join(map(str, out["size"])), "x".join(f"{s:g}" for s in out["spacing"]),
+                  already_hu=args.already_hu, series_uid=args.series, resample_gaps=args.resample_gaps,
+                  fill_nonfinite=args.fill_nonfinite, accept_implausible_hu=args.accept_implausible_hu,
+                  source_root=args.source_root)
+    out, source = side["output"], side["source"]
+    log.info("%s (%s, sha256 %s) -> %s: %s voxels at %s mm, air %s HU%s, %.1f s", source["path"] or "input",
+             source["format"], source["sha256"][:12], Path(args.output).name, "x".join(map(str, out["size"])), "x".join(f"{s:g}" for s in out["spacing"]),
              side["hu_check"]["air_hu"], "" if side["hu_check"]["plausible"] else " (NOT plausible)",
              time.perf_counter() - t0)
     return 0
 
 
-def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=False, threads: int = 1):
+def ingest_case(source_root=None, **kwargs) -> dict:
+    """ingest() for one scan of the workflow: an InputError names the file by its path under the data set
+    root (the reason goes into the status table and the manifest, which must not hold absolute paths)."""
+    try:
+        return ingest(source_root=source_root, **kwargs)
+    except InputError as err:
+        raise InputError(relative_source(err.path, source_root) or Path(err.path).name, err.problem) from None
+
+
+def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=False, threads: int = 1,
+                     source_root=None):
     """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
 
-    Returns `case_id, status, reason` for every scan: a scan that cannot be read is recorded with the
-    reason and the others go on."""
+    Returns `case_id, status, reason` for every scan: a scan that cannot be read, or is refused (non-finite
+    voxels, a single slice, air not plausible in HU, two equally long CT series), is recorded with the
+    reason (the manifest excludes it with that reason) and the others go on. `source_root`: the data set
+    root, so that each sidecar names its source relative to it."""
     import pandas as pd
 
     from reg2rg.batch import run_per_case
@@ -950,7 +1002,8 @@ def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=Fal
             "spacing": tuple(spacing),
             "metadata_csv": None if pd.isna(inv.metadata_csv) else inv.metadata_csv,
             "already_hu": bool(already_hu) and pd.isna(inv.metadata_csv),
+            "source_root": source_root,
         })
         for inv in inventory.itertuples()
     ]
-    return run_per_case(ingest, jobs, threads=threads, desc="ingest")
+    return run_per_case(ingest_case, jobs, threads=threads, desc="ingest")

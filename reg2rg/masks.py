@@ -15,9 +15,14 @@ Sidecar (`<out>.json`, beside `<out>.nii.gz`):
     source_voxels   {region: int | None}  non-zero voxels in the source file (None: missing or error)
     resampled       {region: bool | None}  true when the source grid differed from the volume's
     notes           {region: str | None}  a human-readable reason for anything but a plain `present`
-    sources         {region: {"path": str | None, "sha256": str | None}}
-    volume          {"path", "sha256", "size", "spacing", "origin", "direction"}  (size etc. in ITK [x, y, z])
-    output          {"path", "sha256", "dtype"}
+    sources         {region: {"path": file name | None, "sha256": str | None}}
+    volume          {"path" (file name), "sha256", "size", "spacing", "origin", "direction"}  (ITK [x, y, z])
+    output          {"path" (file name), "sha256", "dtype"}
+
+Paths appear as file names only (a folder can be named after the patient). The label file declares itself:
+LABEL_FILE_NOTE in its NIfTI header; read_label_file refuses an integer image that does not (a binary mask
+or another tool's label map would otherwise read as region bits). A truncated region file is an `error`
+status (files.check_nifti_complete, the check ingest applies to volumes), never half a mask.
     format_version  int
     reg2rg_version  str
 """
@@ -32,12 +37,15 @@ import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
-from reg2rg.files import read_json, sha256_file as _sha256
+from reg2rg.files import check_nifti_complete, is_nifti, read_json, sha256_file as _sha256
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# Every label file reg2rg writes says so in its NIfTI header (`descrip`): a label file must declare itself,
+# else any integer image (a binary mask, another tool's label map) would read as region bits.
+LABEL_FILE_NOTE = "reg2rg region labels v1"
 
 STATUS_PRESENT = "present"
 STATUS_MISSING = "missing"
@@ -95,6 +103,77 @@ def sidecar_path(out_path: str | Path) -> Path:
     return p.with_name(name + ".json")
 
 
+
+
+def write_label_file(label: np.ndarray, geom: dict, path: Path) -> None:
+    """Write a uint16 label map [z, y, x] on `geom`'s grid (ITK order) as a NIfTI that declares itself a
+    reg2rg label file (LABEL_FILE_NOTE in its header), atomically."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.asarray(label, dtype=np.uint16))
+    img.SetSpacing(geom["spacing"])
+    img.SetOrigin(geom["origin"])
+    img.SetDirection(geom["direction"])
+    img.SetMetaData("ITK_FileNotes", LABEL_FILE_NOTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
+    tmp = path.with_name(f".{stem}.tmp{os.getpid()}.nii.gz")
+    try:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _declared_label_file(path: Path) -> bool:
+    """True when `path` says it is a reg2rg label file: LABEL_FILE_NOTE in its header, or a masks sidecar
+    beside it with the region order (label files written before the header note)."""
+    reader = _image_header(path, "cannot read as an image")
+    if reader.HasMetaDataKey("descrip") and reader.GetMetaData("descrip").strip() == LABEL_FILE_NOTE:
+        return True
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("regions") == list(REGIONS) and "format_version" in meta
+
+
+def read_label_file(path: str | Path) -> tuple[np.ndarray, object]:
+    """A reg2rg uint16 label file as (label array [z, y, x], SimpleITK image). InputError naming the file
+    when it is truncated, does not declare itself a reg2rg label file (a binary mask or another tool's label
+    map: the message says which it looks like and what was expected), or holds bits outside the regions."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "region label file not found")
+    if is_nifti(path):
+        check_nifti_complete(path)
+    declared = _declared_label_file(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise InputError(path, f"cannot read: {_short_error(err)}") from err
+    label = sitk.GetArrayFromImage(img)
+    if not declared:
+        values = np.unique(label)
+        if values.size <= 2 and set(values.tolist()) <= {0, 1, 255}:
+            looks = "it is a binary mask (values " + ", ".join(map(str, values.tolist())) + ")"
+        else:
+            looks = (f"it holds {values.size} distinct values from {values.min()} to {values.max()}: another "
+                     "tool's label map?")
+        raise InputError(path, f"not a reg2rg region label file: {looks}. A label file must declare itself "
+                               f"('{LABEL_FILE_NOTE}' in its header, as the masks stage writes it, or a masks "
+                               f"sidecar {sidecar_path(path).name} beside it); otherwise give a folder with one "
+                               f"binary mask per region named {{region}}.nii.gz (regions: {', '.join(REGIONS)})")
+    if label.dtype != np.dtype(MASK_DTYPE):
+        raise InputError(path, f"voxel type {label.dtype}, expected {MASK_DTYPE}")
+    try:
+        unpack_label_map(label)
+    except ValueError as err:
+        raise InputError(path, str(err)) from err
+    return label, img
 
 
 def region_mask_files(seg_dir: str | Path) -> dict[str, Path | None]:
@@ -177,17 +256,23 @@ def _short_error(err: Exception) -> str:
     return text[:300] if text else type(err).__name__
 
 
-def _read_volume_geometry(volume_path: Path) -> dict:
+def _image_header(path: Path, problem: str):
+    """A SimpleITK reader with the header of `path` read (no voxels); InputError `problem: why` if it can't."""
     import SimpleITK as sitk
 
-    if not volume_path.is_file():
-        raise InputError(volume_path, "volume file not found (run the ingest stage first)")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(volume_path))
+    reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(volume_path, f"cannot read the volume: {_short_error(err)}") from err
+        raise InputError(path, f"{problem}: {_short_error(err)}") from err
+    return reader
+
+
+def _read_volume_geometry(volume_path: Path) -> dict:
+    if not volume_path.is_file():
+        raise InputError(volume_path, "volume file not found (run the ingest stage first)")
+    reader = _image_header(volume_path, "cannot read the volume")
     if reader.GetDimension() != 3:
         raise InputError(volume_path, f"volume is {reader.GetDimension()}-D, expected 3-D")
     return _geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
@@ -199,19 +284,26 @@ def _place_one(path: Path, vol_geom: dict) -> dict:
     import SimpleITK as sitk
 
     rec = {"status": None, "mask": None, "voxels": 0, "source_voxels": None, "resampled": None, "note": None}
+    if is_nifti(path):
+        try:
+            check_nifti_complete(path)  # ITK would read a truncated file as a partial mask without complaint
+        except InputError as err:
+            rec["status"] = STATUS_ERROR_PREFIX + "truncated or corrupt file"
+            rec["note"] = f"{path.name}: {err.problem}"
+            return rec
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
         rec["status"] = STATUS_ERROR_PREFIX + "unreadable image file"
-        rec["note"] = f"{path}: cannot read as an image: {_short_error(err)}"
+        rec["note"] = f"{path.name}: cannot read as an image: {_short_error(err)}"
         return rec
     if img.GetDimension() != 3:
         rec["status"] = STATUS_ERROR_PREFIX + f"{img.GetDimension()}-D image, expected 3-D"
-        rec["note"] = f"{path}: size {list(img.GetSize())}"
+        rec["note"] = f"{path.name}: size {list(img.GetSize())}"
         return rec
     if img.GetNumberOfComponentsPerPixel() != 1:
         rec["status"] = STATUS_ERROR_PREFIX + f"{img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
-        rec["note"] = f"{path}: not a scalar mask"
+        rec["note"] = f"{path.name}: not a scalar mask"
         return rec
 
     src_geom = _geometry(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
@@ -265,7 +357,7 @@ def _place_one(path: Path, vol_geom: dict) -> dict:
         frac = out_ml / src_ml if src_ml else 1.0
         rec["note"] = f"placed in physical space from another grid; {min(frac, 1.0):.0%} of its volume inside"
         if frac < 0.5:
-            log.warning("%s: only %.0f%% of the mask lies inside the volume", path, 100 * frac)
+            log.warning("%s: only %.0f%% of the mask lies inside the volume", path.name, 100 * frac)
     return rec
 
 
@@ -303,7 +395,6 @@ def import_region_masks(
     never raised. An unreadable volume raises InputError.
 
     If both outputs exist and the sidecar's volume and source checksums still match, nothing is recomputed."""
-    import SimpleITK as sitk
 
     volume_path, out_path = Path(volume_path), Path(out_path)
     side_path = sidecar_path(out_path)
@@ -322,9 +413,9 @@ def import_region_masks(
     sources: dict[str, dict] = {}
     for r, f in files.items():
         if f is not None and f.is_file():
-            sources[r] = {"path": str(f), "sha256": _sha256(f)}
+            sources[r] = {"path": f.name, "sha256": _sha256(f)}
         else:
-            sources[r] = {"path": str(f) if f is not None else None, "sha256": None}
+            sources[r] = {"path": f.name if f is not None else None, "sha256": None}
 
     cached = _cache_valid(out_path, side_path, vol_sha, sources)
     if cached is not None:
@@ -338,10 +429,10 @@ def import_region_masks(
         f = files[r]
         if f is None or not f.exists():
             rec = {"status": STATUS_MISSING, "mask": None, "voxels": 0, "source_voxels": None, "resampled": None,
-                   "note": "no file given" if f is None else f"file not found: {f}"}
+                   "note": "no file given" if f is None else f"file not found: {f.name}"}
         elif not f.is_file():
             rec = {"status": STATUS_ERROR_PREFIX + "not a file", "mask": None, "voxels": 0, "source_voxels": None,
-                   "resampled": None, "note": f"{f} is not a regular file"}
+                   "resampled": None, "note": f"{f.name} is not a regular file"}
         else:
             rec = _place_one(f, vol_geom)
         if rec["mask"] is not None:
@@ -351,19 +442,7 @@ def import_region_masks(
         if rec["status"] != STATUS_PRESENT:
             log.info("%s: region %r %s%s", out_path.name, r, rec["status"], f" ({rec['note']})" if rec["note"] else "")
 
-    out_img = sitk.GetImageFromArray(label)
-    out_img.SetSpacing(vol_geom["spacing"])
-    out_img.SetOrigin(vol_geom["origin"])
-    out_img.SetDirection(vol_geom["direction"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name[:-7] if out_path.name.endswith('.nii.gz') else out_path.stem}"
-                             f".tmp{os.getpid()}.nii.gz")
-    try:
-        sitk.WriteImage(out_img, str(tmp), useCompression=True)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_label_file(label, vol_geom, out_path)
 
     side = {
         "regions": list(REGIONS),
@@ -373,8 +452,8 @@ def import_region_masks(
         "resampled": resampled,
         "notes": notes,
         "sources": sources,
-        "volume": {"path": str(volume_path), "sha256": vol_sha, **vol_geom},
-        "output": {"path": str(out_path), "sha256": _sha256(out_path), "dtype": MASK_DTYPE},
+        "volume": {"path": volume_path.name, "sha256": vol_sha, **vol_geom},
+        "output": {"path": out_path.name, "sha256": _sha256(out_path), "dtype": MASK_DTYPE},
         "format_version": FORMAT_VERSION,
         "reg2rg_version": __version__,
     }
@@ -388,8 +467,6 @@ def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
     """Read a label file written by import_region_masks and its sidecar: (bool masks [10, z, y, x], sidecar).
 
     Raises InputError if either file is missing or malformed."""
-    import SimpleITK as sitk
-
     path = Path(path)
     side_path = sidecar_path(path)
     if not path.is_file():
@@ -397,18 +474,8 @@ def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
     side = read_json(side_path, "region mask sidecar")
     if side.get("regions") != list(REGIONS):
         raise InputError(side_path, f"region order {side.get('regions')!r} differs from {list(REGIONS)!r}")
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise InputError(path, f"cannot read: {_short_error(err)}") from err
-    label = sitk.GetArrayFromImage(img)
-    if label.dtype != np.dtype(MASK_DTYPE):
-        raise InputError(path, f"voxel type {label.dtype}, expected {MASK_DTYPE}")
-    try:
-        masks = unpack_label_map(label)
-    except ValueError as err:
-        raise InputError(path, str(err)) from err
-    return masks, side
+    label, _ = read_label_file(path)
+    return unpack_label_map(label), side
 
 
 def import_case_masks(volume_path: str | Path, mask_dir: str | Path | None, out_path: str | Path) -> dict:

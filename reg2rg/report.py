@@ -9,7 +9,8 @@ Masks (`--masks`), either
 - a folder with one file per region named like RadGenome's `{region}.nii.gz` (also `.nii`, `.nrrd`, `.mha`;
   e.g. `lung.nii.gz`, `trachea and bronchie.nii.gz`); any grid: placed in physical space; or
 - a reg2rg uint16 label file (bit i <=> REGIONS[i], the masks stage's format), given as the file or as a
-  folder holding only it.
+  folder holding only it. It must declare itself (the header note the masks stage writes, or its sidecar):
+  a binary mask, a misnamed region file or another tool's label map is refused, naming the file.
 `--segmenter sat` runs SAT on the scan (reg2rg.segment.sat.run_sat_case) with the settings of `--sat-config FILE`;
 without them it is a ConfigError.
 
@@ -88,21 +89,16 @@ def _region_files(folder: Path) -> tuple[dict[str, Path], list[Path]]:
 
 
 def _label_to_region_files(label_path: Path, work: Path) -> dict[str, Path]:
-    """Split a reg2rg uint16 label file into one file per region (same grid)."""
+    """Split a reg2rg uint16 label file into one file per region (same grid). A file that does not declare
+    itself a reg2rg label file (a binary mask, a misnamed region file, another tool's label map) is refused
+    (reg2rg.masks.read_label_file)."""
     import numpy as np
     import SimpleITK as sitk
 
-    from reg2rg.masks import unpack_label_map
+    from reg2rg.masks import read_label_file, unpack_label_map
 
-    try:
-        img = sitk.ReadImage(str(label_path))
-    except RuntimeError as err:
-        raise InputError(label_path, f"cannot read the label file: {str(err).strip().splitlines()[-1]}") from err
-    arr = sitk.GetArrayFromImage(img)
-    if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= (1 << len(REGIONS)):
-        raise InputError(label_path, f"not a reg2rg region label file (uint16, bit i = REGIONS[i]): voxel type "
-                                     f"{arr.dtype}, values {arr.min()}..{arr.max()}")
-    masks = unpack_label_map(arr.astype(np.uint16))
+    arr, img = read_label_file(label_path)
+    masks = unpack_label_map(arr)
     work.mkdir(parents=True, exist_ok=True)
     files = {}
     for i, r in enumerate(REGIONS):
@@ -218,7 +214,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None, html=None, settings=None,
-                device=None, work_dir=None, series_uid=None, sat_settings: dict | None = None) -> dict:
+                device=None, work_dir=None, series_uid=None, sat_settings: dict | None = None,
+                fill_nonfinite=None, accept_implausible_hu: bool = False) -> dict:
     """Generate the grounded report of one scan and write `out` (JSON) and `html` (optional page). Returns
     the report dict. See the module docstring."""
     import pandas as pd
@@ -241,7 +238,8 @@ def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None,
 
     with tempfile.TemporaryDirectory(prefix="reg2rg-report-", dir=work_dir) as tmp:
         tmp = Path(tmp)
-        vol_side = ingest(ct, tmp / "scan.nii.gz", series_uid=series_uid)
+        vol_side = ingest(ct, tmp / "scan.nii.gz", series_uid=series_uid, fill_nonfinite=fill_nonfinite,
+                          accept_implausible_hu=accept_implausible_hu)
         sha = vol_side["source"]["sha256"]
         case_id = f"scan-{sha[:12]}"
         volume = tmp / f"{case_id}.nii.gz"
@@ -295,5 +293,6 @@ def cli(args) -> int:
     sat_config = getattr(args, "sat_config", None)
     make_report(args.model, args.ct, args.out, masks=args.masks, segmenter=args.segmenter, html=args.html,
                 settings=settings, device=args.device, series_uid=args.series,
+                fill_nonfinite=args.fill_nonfinite, accept_implausible_hu=args.accept_implausible_hu,
                 sat_settings=load_sat_config(sat_config) if sat_config else None)
     return 0

@@ -5,6 +5,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ CIP_DICOM = CIP / "ct-64Dicom"
 CIP_NRRD = CIP / "ct-64.nrrd"
 CIP_LUNG = CIP / "wholeLung-64.nrrd"
 TOTALSEG_CT = DATA / "totalseg-chest-crop" / "ct_cropped.nii.gz"
+CIP_SPACING = tuple(sitk.ReadImage(str(CIP_NRRD)).GetSpacing()) if CIP_NRRD.is_file() else None
 LUNG_MEAN_HU = -874.0  # the fixture's README: mean HU inside wholeLung-64
 
 pytestmark = pytest.mark.skipif(not CIP_DICOM.is_dir(), reason=f"fixtures not found under {DATA}")
@@ -227,13 +229,19 @@ def test_ctrate_v2_is_never_rescaled_again(tmp_path, caplog):
     meta = _write_ctrate_csv(tmp_path / "meta.csv", src.name, "1", "-1024")
     with pytest.raises(InputError, match="already in HU"):
         ingest(src, tmp_path / "x.nii.gz", metadata_csv=meta, already_hu=True)
-    # Treated as v1 (rescaled a second time): air lands near -2024 and a warning names the file.
+    # Treated as v1 (rescaled a second time): air lands near -2024; an error names the file and says why,
+    # nothing is written; --accept-implausible-hu writes it with a warning.
+    with pytest.raises(InputError, match=r"air is -20\d\d.*not plausible CT in HU; likely rescaled twice.*"
+                                         r"--accept-implausible-hu") as err:
+        ingest(src, tmp_path / "twice.nii.gz", spacing=(0.75, 0.8, 2.5), metadata_csv=meta)
+    assert err.value.path == str(src) and not (tmp_path / "twice.nii.gz").exists()
     caplog.clear()
-    bad = ingest(src, tmp_path / "twice.nii.gz", spacing=(0.75, 0.8, 2.5), metadata_csv=meta)
+    bad = ingest(src, tmp_path / "twice.nii.gz", spacing=(0.75, 0.8, 2.5), metadata_csv=meta,
+                 accept_implausible_hu=True)
     assert not bad["hu_check"]["plausible"] and bad["hu_check"]["air_hu"] < -1900
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert src.name in warnings[0] and "not plausible CT in HU" in warnings[0] and "twice" in warnings[0]
+    assert "not plausible CT in HU" in warnings[0] and "twice" in warnings[0]
 
 
 def test_ctrate_missing_row_and_bad_csv(tmp_path):
@@ -370,3 +378,183 @@ def test_cli_bad_file_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert str(bad) in proc.stderr and "truncated" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ issue 17: no silent wrong result
+def _cip_image(array=None, dtype=np.float32):
+    """The cip CT (or `array` on its grid) as a SimpleITK image of `dtype`."""
+    ref = sitk.ReadImage(str(CIP_NRRD))
+    img = sitk.GetImageFromArray((sitk.GetArrayFromImage(ref) if array is None else array).astype(dtype))
+    img.CopyInformation(ref)
+    return img
+
+
+def test_nonfinite_voxels_are_refused_unless_filled(tmp_path):
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(CIP_NRRD))).astype(np.float32)
+    arr[40, 10:20, 10:20] = np.nan
+    arr[41, 0, 0] = np.inf
+    src = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(_cip_image(arr), str(src))
+    out = tmp_path / "o.nii.gz"
+    with pytest.raises(InputError, match=r"101 of \d+ voxels are not finite.*--fill-nonfinite") as err:
+        ingest(src, out)
+    assert err.value.path == str(src) and not out.exists() and not out.with_name("o.json").exists()
+    side = ingest(src, out, spacing=CIP_SPACING, fill_nonfinite=-1024)
+    got = _array(out)
+    assert (got[40, 10:20, 10:20] == -1024).all() and got[41, 0, 0] == -1024
+    assert {"step": "fill_nonfinite", "voxels": 101, "hu": -1024.0} in side["steps"]
+    assert side["options"]["fill_nonfinite"] == -1024.0 and side["hu_check"]["plausible"]
+    all_nan = tmp_path / "all_nan.nrrd"
+    sitk.WriteImage(_cip_image(np.full_like(arr, np.nan)), str(all_nan))
+    with pytest.raises(InputError, match="all voxels are not finite"):
+        ingest(all_nan, tmp_path / "n.nii.gz")
+
+
+def test_all_zero_and_one_slice_volumes_are_refused(tmp_path):
+    zeros = tmp_path / "zeros.nii.gz"
+    sitk.WriteImage(_cip_image(np.zeros((79, 64, 64)), np.int16), str(zeros))
+    with pytest.raises(InputError, match="air is None HU.*the volume is constant.*--accept-implausible-hu"):
+        ingest(zeros, tmp_path / "z.nii.gz")
+    assert not (tmp_path / "z.nii.gz").exists()
+    side = ingest(zeros, tmp_path / "z.nii.gz", accept_implausible_hu=True)
+    assert not side["hu_check"]["plausible"] and side["options"]["accept_implausible_hu"]
+    one = tmp_path / "one.nrrd"
+    sitk.WriteImage(_cip_image()[:, :, 40:41], str(one))
+    with pytest.raises(InputError, match=r"size 64x64x1 voxels: a single slice is not a 3D CT") as err:
+        ingest(one, tmp_path / "s.nii.gz")
+    assert err.value.path == str(one)
+    two = tmp_path / "two.nrrd"  # two slices 4 mm apart: one slice at 1 x 1 x 6 mm
+    sitk.WriteImage(_cip_image()[:, :, 40:42], str(two))
+    with pytest.raises(InputError, match=r"at 1x1x6 mm the volume is \d+x\d+x1 voxels"):
+        ingest(two, tmp_path / "t.nii.gz", spacing=(1, 1, 6))
+
+
+def test_cli_refuses_implausible_hu_and_accepts_the_flag(tmp_path):
+    zeros = tmp_path / "zeros.nii.gz"
+    sitk.WriteImage(_cip_image(np.zeros((79, 64, 64)), np.int16), str(zeros))
+    from reg2rg.cli import main
+
+    assert main(["ingest", str(zeros), str(tmp_path / "z.nii.gz")]) == 2 and not (tmp_path / "z.nii.gz").exists()
+    assert main(["ingest", str(zeros), str(tmp_path / "z.nii.gz"), "--accept-implausible-hu"]) == 0
+
+
+def test_output_over_the_input_is_refused(tmp_path):
+    from reg2rg.cli import main
+
+    src = tmp_path / "ct.nii.gz"
+    shutil.copy(TOTALSEG_CT, src)
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="output is the same path as input") as err:
+        ingest(src, tmp_path / "." / "ct.nii.gz")
+    assert err.value.path == str(tmp_path / "." / "ct.nii.gz")
+    (tmp_path / "link.nii.gz").symlink_to(src)
+    assert main(["ingest", str(src), str(tmp_path / "link.nii.gz")]) == 2  # resolved: the same file
+    folder = _copy_series(tmp_path / "series")
+    assert main(["ingest", str(folder), str(folder / "IMG0001.dcm")]) == 2  # a file of the input series
+    assert main(["ingest", str(TOTALSEG_CT), str(tmp_path / "x.nii.gz"), "--metadata", str(tmp_path / "x.json")]) == 2
+    assert src.read_bytes() == before and not (tmp_path / "x.nii.gz").exists()
+    assert pydicom.dcmread(folder / "IMG0001.dcm").Rows == 64
+
+
+def _two_series(folder: Path, n: int = 79) -> tuple[str, str]:
+    """The cip series twice in one folder: the original and a copy of its first `n` slices with a new
+    SeriesInstanceUID (and a patient name that must never be shown)."""
+    _copy_series(folder)
+    uid = pydicom.uid.generate_uid()
+    for f in sorted(CIP_DICOM.iterdir())[:n]:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesDescription = "copy 5mm"
+        ds.PatientName = "DOE^JOHN"
+        ds.save_as(folder / f"B{f.name}")
+    return str(pydicom.dcmread(CIP_DICOM / "IMG0001.dcm").SeriesInstanceUID), uid
+
+
+def test_two_series_with_the_same_slice_count_are_refused_and_listed(tmp_path, caplog):
+    from reg2rg.ingest import short_hash
+
+    folder = tmp_path / "two"
+    first, second = _two_series(folder)
+    with pytest.raises(InputError, match=r"2 CT series with 79 slices each.*--series") as err:
+        read_ct(folder)
+    text = str(err.value)
+    assert f"#{short_hash(first)}" in text and f"#{short_hash(second)}" in text and "'copy 5mm'" in text
+    assert "79 files" in text and "DOE" not in text and second not in text
+    caplog.set_level(logging.INFO, logger="reg2rg")
+    for choice in (second, f"#{short_hash(second)}", short_hash(second)):
+        side = ingest(folder, tmp_path / "b.nii.gz", spacing=CIP_SPACING, series_uid=choice)
+        assert side["source"]["dicom"]["series"] == f"#{short_hash(second)}"
+        assert side["source"]["dicom"]["series_choice"] == "requested"
+    assert "the most slices" not in caplog.text
+    assert np.abs(_array(tmp_path / "b.nii.gz").astype(np.int32) - _array(CIP_NRRD)).max() <= 1
+
+
+def test_patient_named_folder_is_in_no_output_or_log(tmp_path, caplog):
+    """A folder named after the patient: the sidecar names the source by checksum and by its path under the
+    data set root; neither it nor the absolute path appears in the outputs or the log."""
+    from reg2rg.cli import main
+
+    root = tmp_path / "DOE^JOHN_12345" / "dataset"
+    series = _copy_series(root / "DOE^JOHN_12345" / "ct")
+    nrrd = root / "scan.nrrd"
+    shutil.copy(CIP_NRRD, nrrd)
+    shutil.copy(CIP / "LICENSE.txt", root / "LICENSE.txt")
+    caplog.set_level(logging.DEBUG, logger="reg2rg")
+    out = tmp_path / "out"
+    side = ingest(series, out / "a.nii.gz", spacing=(2.0, 2.0, 4.0))
+    assert side["source"]["path"] is None and len(side["source"]["sha256"]) == 64
+    rooted = ingest(nrrd, out / "b.nii.gz", spacing=(2.0, 2.0, 4.0), source_root=root)
+    assert rooted["source"]["path"] == "scan.nrrd"
+    assert main(["ingest", str(nrrd), str(out / "c.nii.gz"), "--source-root", str(root)]) == 0
+    assert main(["ingest", str(series), str(out / "d.nii.gz"), "--source-root", str(tmp_path / "elsewhere")]) == 0
+    assert side["source"]["sha256"] == json.loads((out / "d.json").read_text())["source"]["sha256"]
+    for f in sorted(out.iterdir()):
+        blob = gzip.decompress(f.read_bytes()) if f.name.endswith(".gz") else f.read_bytes()
+        for secret in ("DOE^JOHN_12345", "12345", str(tmp_path)):
+            assert secret.encode() not in blob, f"{secret!r} in {f.name}"
+    assert "DOE^JOHN" not in caplog.text and str(tmp_path) not in caplog.text
+
+
+def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
+    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
+    (named by its path under the data set root, no absolute path); the others go on."""
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+    from reg2rg.manifest import build_manifest
+    from reg2rg.masks import masks_inventory
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(CIP / "LICENSE.txt", root / "LICENSE.txt")
+    shutil.copy(CIP_NRRD, root / "good.nrrd")
+    arr = _array(CIP_NRRD).astype(np.float32)
+    arr[40] = np.nan
+    sitk.WriteImage(_cip_image(arr), str(root / "nan.nii.gz"))
+    sitk.WriteImage(_cip_image(np.zeros((79, 64, 64)), np.int16), str(root / "zeros.nii.gz"))
+    sitk.WriteImage(_cip_image()[:, :, 40:41], str(root / "one.nrrd"))
+    _two_series(root / "two")
+    seg = root / "seg_good"
+    seg.mkdir()
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(CIP_LUNG)) > 0, sitk.sitkUInt8), str(seg / "lung.nii.gz"))
+    images = {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
+    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": str(root / f),
+                         "mask_dir": str(seg), "report_csv": None, "labels_csv": None, "metadata_csv": None,
+                         "intensity_mode": "hu"} for c, f in images.items()], columns=INVENTORY_COLUMNS)
+    status = ingest_inventory(inv, tmp_path / "volumes", spacing=(4, 4, 4), source_root=root)
+    assert dict(zip(status.case_id, status.status)) == {"good": "ok", "nan": "error", "one": "error",
+                                                          "two": "error", "zeros": "error"}
+    assert json.loads((tmp_path / "volumes" / "good.json").read_text())["source"]["path"] == "good.nrrd"
+    masks = masks_inventory(inv, status, tmp_path / "volumes", tmp_path / "masks")
+    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
+                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
+    m = build_manifest(inv, status, masks, reports, None, tmp_path / "volumes", tmp_path / "masks")
+    m = m.set_index("case_id")
+    assert sorted(m.index) == sorted(images) and m.loc["good", "status"] == "included"
+    want = {"nan": "nan.nii.gz: .*voxels are not finite", "zeros": "zeros.nii.gz: air is None HU.*constant",
+            "one": "one.nrrd: size 64x64x1 voxels: a single slice", "two": "two: 2 CT series with 79 slices each"}
+    for case, reason in want.items():
+        assert m.loc[case, "status"] == "excluded" and re.search(f"ingest failed: {reason}", m.loc[case, "reason"])
+    assert not any(str(tmp_path) in r for r in m.reason)

@@ -4,6 +4,7 @@ screenshot), no identifiers, and the error cases."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,16 +131,27 @@ def test_page_screenshot_shows_the_overlay_colours(made, tmp_path):
         assert near(REGION_COLORS[region]) < 20, region
 
 
-def test_label_file_masks_give_the_same_regions(tiny_model, masks_dir, made, tmp_path):
-    from reg2rg.masks import pack_masks
+def _label_file(masks_dir: Path, path: Path, declared: bool = True) -> Path:
+    """The lung mask of `masks_dir` as a reg2rg label file (as the masks stage writes it, or, not declared, as
+    a bare bit-packed image)."""
+    from reg2rg.masks import _geometry, pack_masks, write_label_file
 
     lung = sitk.ReadImage(str(masks_dir / "lung.nii.gz"))
     arr = np.zeros((len(REGIONS),) + sitk.GetArrayFromImage(lung).shape, bool)
     arr[REGIONS.index("lung")] = sitk.GetArrayFromImage(lung) > 0
-    label = sitk.GetImageFromArray(pack_masks(arr))
-    label.CopyInformation(lung)
-    (tmp_path / "lab").mkdir()
-    sitk.WriteImage(label, str(tmp_path / "lab" / "case.nii.gz"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if declared:
+        geom = _geometry(lung.GetSize(), lung.GetSpacing(), lung.GetOrigin(), lung.GetDirection())
+        write_label_file(pack_masks(arr), geom, path)
+    else:
+        label = sitk.GetImageFromArray(pack_masks(arr))
+        label.CopyInformation(lung)
+        sitk.WriteImage(label, str(path))
+    return path
+
+
+def test_label_file_masks_give_the_same_regions(tiny_model, masks_dir, made, tmp_path):
+    _label_file(masks_dir, tmp_path / "lab" / "case.nii.gz")
     rep = make_report(tiny_model, DICOM, tmp_path / "r.json", masks=tmp_path / "lab",
                       settings=GenerationSettings(batch_size=1, max_new_tokens=24))
     first = json.loads((made / "report.json").read_text())
@@ -174,3 +186,77 @@ def test_errors(tiny_model, masks_dir, tmp_path, caplog):
     rc = main(["report", "--model", str(not_model), "--ct", str(DICOM), "--masks", str(masks_dir),
                "--out", str(tmp_path / "f.json")])
     assert rc == 2 and str(not_model) in caplog.text
+
+
+@pytest.fixture(scope="module")
+def cip_volume(tmp_path_factory):
+    from reg2rg.ingest import ingest
+
+    out = tmp_path_factory.mktemp("vol") / "scan.nii.gz"
+    ingest(DICOM, out)
+    return out
+
+
+def test_masks_that_are_not_a_label_file_are_refused(cip_volume, masks_dir, tmp_path):
+    """A single-file --masks must be a label file that declares itself: the binary lung mask, another tool's
+    label map (cip-ct64's lm-64.nrrd) and a bare bit-packed image are refused, naming the file; a misnamed
+    region file in a folder too. Before, the lung mask read as bit 0: "abdomen"."""
+    from reg2rg.report import place_masks
+
+    cases = {
+        CIP / "wholeLung-64.nrrd": r"binary mask \(values 0, 1\)",
+        CIP / "lm-64.nrrd": r"distinct values from 0 to \d+: another tool's label map",
+        _label_file(masks_dir, tmp_path / "bare" / "case.nii.gz", declared=False): "binary mask|distinct values",
+    }
+    misnamed = tmp_path / "misnamed"
+    misnamed.mkdir()
+    shutil.copy(masks_dir / "lung.nii.gz", misnamed / "lungs.nii.gz")
+    cases[misnamed] = "binary mask"
+    for i, (masks, looks) in enumerate(cases.items()):
+        with pytest.raises(InputError, match="not a reg2rg region label file") as err:
+            place_masks(cip_volume, masks, tmp_path / f"m{i}.nii.gz", tmp_path / f"w{i}")
+        text = str(err.value)
+        assert re.search(looks, text), text
+        assert "{region}.nii.gz" in text and "reg2rg region labels v1" in text
+        named = misnamed / "lungs.nii.gz" if masks == misnamed else masks
+        assert err.value.path == str(named)
+        assert not (tmp_path / f"m{i}.nii.gz").exists()
+    good = place_masks(cip_volume, _label_file(masks_dir, tmp_path / "lab" / "case.nii.gz"), tmp_path / "ok.nii.gz",
+                       tmp_path / "w")
+    assert good["status"]["lung"] == "present" and good["status"]["abdomen"] == "missing"
+
+
+def test_truncated_region_mask_is_an_error_not_half_a_mask(cip_volume, masks_dir, tmp_path):
+    from reg2rg.masks import read_region_masks
+    from reg2rg.report import place_masks
+
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    shutil.copy(masks_dir / "lung.nii.gz", folder / "lung.nii.gz")
+    data = (masks_dir / "lung.nii.gz").read_bytes()
+    (folder / "heart.nii.gz").write_bytes(data[: len(data) // 2])
+    side = place_masks(cip_volume, folder, tmp_path / "m.nii.gz", tmp_path / "w")
+    assert side["status"]["heart"] == "error: truncated or corrupt file" and side["voxels"]["heart"] == 0
+    assert "truncated" in side["notes"]["heart"] and side["status"]["lung"] == "present"
+    # a truncated label file is refused, not read as part of one
+    cut = tmp_path / "cut_label" / "m.nii.gz"
+    cut.parent.mkdir()
+    full = (tmp_path / "m.nii.gz").read_bytes()
+    cut.write_bytes(full[: len(full) // 2])
+    shutil.copy(tmp_path / "m.json", cut.with_name("m.json"))
+    with pytest.raises(InputError, match="truncated") as err:
+        read_region_masks(cut)
+    assert err.value.path == str(cut)
+    with pytest.raises(InputError, match="truncated"):
+        place_masks(cip_volume, cut, tmp_path / "m2.nii.gz", tmp_path / "w2")
+
+
+def test_report_output_over_an_input_is_refused(tiny_model, masks_dir, tmp_path):
+    ct = tmp_path / "ct.nrrd"
+    shutil.copy(CIP / "ct-64.nrrd", ct)
+    before = ct.read_bytes()
+    base = ["report", "--model", str(tiny_model), "--masks", str(masks_dir)]
+    assert main(base + ["--ct", str(ct), "--out", str(ct)]) == 2
+    assert main(base + ["--ct", str(DICOM), "--out", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.json")]) == 2
+    assert main(base + ["--ct", str(DICOM), "--out", str(masks_dir / "lung.nii.gz")]) == 2
+    assert ct.read_bytes() == before and not (tmp_path / "r.json").exists()

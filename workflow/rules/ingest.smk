@@ -29,6 +29,7 @@ rule ingest_shard:
         cases=shard_cases,
         rows=inventory_digest(shard_cases),
         out_dir=lambda wc, output: above_shards(output.status),
+        root=lambda wc: dataset_root(wc.dataset),
         spacing=lambda wc: dataset_config(wc.dataset)["spacing"],
         already_hu=lambda wc: dataset_config(wc.dataset).get("already_hu", True),
     threads: config.get("threads", {}).get("ingest", 2)

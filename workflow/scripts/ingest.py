@@ -14,5 +14,6 @@ status = ingest_inventory(
     spacing=snakemake.params.spacing,
     already_hu=snakemake.params.already_hu,
     threads=snakemake.threads,
+    source_root=snakemake.params.root,
 )
 status.to_parquet(snakemake.output.status, index=False)
