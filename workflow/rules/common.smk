@@ -1,4 +1,5 @@
 # Helpers and input functions shared by the rule files.
+import os
 import sys
 from pathlib import Path
 
@@ -8,10 +9,26 @@ from snakemake.exceptions import WorkflowError
 
 from reg2rg.ablation import merge_overrides
 
+
+def pinned_cuda_version(env_file):
+    """X of the `cuda-version=X` dependency of a conda environment file."""
+    import yaml
+
+    for dep in yaml.safe_load(Path(env_file).read_text())["dependencies"]:
+        if isinstance(dep, str) and dep.replace(" ", "").startswith("cuda-version="):
+            return dep.split("=", 1)[1].split("#")[0].strip()
+    raise WorkflowError(f"{env_file}: no cuda-version=X dependency (the CUDA of its PyTorch build)")
+
+
 # Without --use-conda, shell steps (`accelerate launch`, `python -m reg2rg ...`) run in the environment Snakemake
 # runs in, also when it was started as .venv/bin/snakemake without activating the venv.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
+else:
+    # envs/core.yaml pins a CUDA build of PyTorch (`cuda-version=X`), which conda resolves only where it sees a
+    # driver of that CUDA: this process creates the environments, so unless the user set CONDA_OVERRIDE_CUDA it is
+    # the pinned version, and the CUDA build resolves on a login node without GPUs too (docs/cluster.md).
+    os.environ.setdefault("CONDA_OVERRIDE_CUDA", pinned_cuda_version(Path(workflow.basedir) / "envs" / "core.yaml"))
 
 DATASETS = config["datasets"]
 SPLITS = ["train", "test"]
