@@ -82,6 +82,16 @@ def test_core_env_pins_a_cuda_torch_and_the_workflow_sets_conda_override_cuda(co
     assert int(override.split(".")[0]) >= 12  # sm_90 (H100, H200) kernels
 
 
+def test_sat_env_is_torch_2_with_sats_unet_package_from_the_env_file():
+    env = yaml.safe_load((REPO / "envs" / "sat.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    torch = [p for p in pip if p.startswith("torch==")]
+    assert torch and int(torch[0].split("==")[1].split(".")[0]) >= 2
+    unet = [p for p in pip if "dynamic-network-architectures" in p]
+    assert unet and unet[0].startswith("git+https://") and "@" in unet[0] and "#subdirectory=" in unet[0]
+    assert "git" in env["dependencies"]  # pip needs it for the git+ requirement
+
+
 def test_train_refuses_to_start_on_the_cpu_when_its_preset_asks_for_gpus(tmp_path):
     """What the workflow's train job runs with `resources.gpu: 2` (TRAIN_SHELL: `--require-gpus 2`), on this
     machine without GPUs: exit status 2 before anything is read, a message naming the preset and what PyTorch saw."""

@@ -193,6 +193,29 @@ def sat_setting(dataset, key, default=None, required=False):
     return value
 
 
+SAT_BIOLORD_ID = "FremyCompany/BioLORD-2023-C"  # reg2rg.segment.sat.BIOLORD_ID (not importable in envs/sat.yaml)
+
+
+def sat_text_encoder_model(dataset):
+    """segmentation.sat.text_encoder_model as an absolute path; an error that says why when unset or not a model."""
+    value = sat_setting(dataset, "text_encoder_model")
+    if value in (None, ""):
+        dataset_root(dataset)
+        raise WorkflowError(
+            f"data set '{dataset}' runs SAT: set datasets.{dataset}.segmentation.sat.text_encoder_model to a local "
+            f"folder of {SAT_BIOLORD_ID}. SAT's text encoder is built on it and would fetch it from the Hugging Face "
+            "hub at every start, which fails on a compute node without internet; download it once where there is "
+            f"internet: huggingface-cli download {SAT_BIOLORD_ID} --local-dir DIR (docs/ctrg.md)"
+        )
+    path = os.path.abspath(os.path.expanduser(str(value)))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise WorkflowError(
+            f"datasets.{dataset}.segmentation.sat.text_encoder_model: {path} has no config.json "
+            f"(not a downloaded {SAT_BIOLORD_ID})"
+        )
+    return path
+
+
 def sat_output_input(wildcards):
     """SAT's output folder, made by the sat_run job or, in its raw data, by the demo's stand-in for a SAT run."""
     if segmentation_backend(wildcards.dataset) == "sat_standin":
