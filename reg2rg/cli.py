@@ -162,7 +162,7 @@ def _add_split_reports(sub):
     p.add_argument("--concurrency", type=int, help="llm: requests in flight at most (default 8)")
     p.add_argument("--timeout", type=float, help="llm: seconds per request (default 120)")
     p.add_argument("--max-attempts", type=int, help="llm: attempts per report (default 4)")
-    p.add_argument("--structured-output", choices=["response_format", "structured_outputs", "guided_json", "none"],
+    p.add_argument("--structured-output", choices=["response_format", "guided_json", "none"],
                    help="llm: how the JSON schema is sent (default response_format)")
     p.add_argument("--cache", help="llm: cache folder (a rerun asks nothing already answered)")
     p.add_argument("--no-retry-failed", action="store_true", help="llm: keep cached failures instead of asking again")

@@ -1000,8 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def require_gpus(n: int) -> None:
-    """ConfigError unless PyTorch sees at least `n` CUDA devices (no-op for n <= 0)."""
+def require_gpus(n: int, preset: str | None = None) -> None:
+    """ConfigError unless PyTorch sees at least `n` CUDA devices (no-op for n <= 0); the message names the preset
+    whose training settings asked for them."""
     if n <= 0:
         return
     import torch
@@ -1009,8 +1010,9 @@ def require_gpus(n: int) -> None:
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if seen < n:
         build = f"PyTorch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        asker = f"preset {preset!r} (training.{preset}.resources.gpu)" if preset else "the training job"
         raise ConfigError(
-            f"the training job asks for {n} GPU(s) but PyTorch sees {seen} ({build}; CUDA_VISIBLE_DEVICES="
+            f"{asker} asks for {n} GPU(s) but PyTorch sees {seen} ({build}; CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a GPU node with a CUDA build of PyTorch "
             "(envs/core.yaml; on a login node without a driver create the env with CONDA_OVERRIDE_CUDA set), or set "
             "training.<preset>.resources.gpu: 0 to train on the CPU")
@@ -1038,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    require_gpus(args.require_gpus)
+    require_gpus(args.require_gpus, args.preset or args.training)
     from reg2rg.data import Reg2RGDataset
     from reg2rg.manifest import read_manifest
     from reg2rg.model.config import config_from_preset

@@ -17,6 +17,13 @@ chat request (then `default` for the rest), each one of
 `requests` counts chat requests, `bodies` keeps their JSON bodies, `max_in_flight` the most requests
 handled at the same time. `stop()` closes the port (then the server is "down").
 
+Structured output: `honours` names the request fields whose JSON schema the server enforces (`response_format`,
+`guided_json`, `structured_outputs`; all by default; vLLM 0.10.2 honours the first two, vLLM >= 0.12 only the
+first). A request that is not a split request (no sentence list: the splitter's schema probe) is answered as a
+model would: under an honoured constraint an object of the schema (every key, empty lists), else the plain word
+its prompt asks for. Such requests consume no behaviour and are counted in `probes` (`probe_bodies`), not in
+`requests`.
+
 Run as a program (`python tests/openai_standin.py --port N [--behaviour good]`) it serves until killed:
 the tests use that as the command of a managed server.
 """
@@ -32,11 +39,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reg2rg.split.answer import answer_from_split_groups  # noqa: E402
-from reg2rg.split.prompt import sentences_from_messages  # noqa: E402
+from reg2rg.split.answer import ANSWER_KEYS, answer_from_split_groups  # noqa: E402
+from reg2rg.split.prompt import SENTENCES_MARKER, sentences_from_messages  # noqa: E402
 from reg2rg.split.rules import assign_sentence  # noqa: E402
 
 BEHAVIOURS = ("good", "malformed", "invented", "duplicate", "missing", "slow", "500", "400", "truncated")
+STRUCTURED_FIELDS = ("response_format", "guided_json", "structured_outputs")
+
+
+def constraint_field(body: dict) -> str | None:
+    """Which field of a chat request carries a JSON schema constraint."""
+    if (body.get("response_format") or {}).get("type") == "json_schema":
+        return "response_format"
+    if "guided_json" in body:
+        return "guided_json"
+    if (body.get("structured_outputs") or {}).get("json") is not None:
+        return "structured_outputs"
+    return None
+
+
+def is_split_request(body: dict) -> bool:
+    return any(m.get("role") == "user" and SENTENCES_MARKER in (m.get("content") or "") for m in body["messages"])
 
 
 def good_answer(messages: list[dict]) -> dict:
@@ -46,10 +69,17 @@ def good_answer(messages: list[dict]) -> dict:
 
 
 class StandinServer:
-    def __init__(self, behaviours=(), default: str = "good", slow_s: float = 2.0, port: int = 0):
+    def __init__(self, behaviours=(), default: str = "good", slow_s: float = 2.0, port: int = 0,
+                 honours=STRUCTURED_FIELDS):
         for b in (*behaviours, default):
             if b not in BEHAVIOURS:
                 raise ValueError(f"unknown behaviour {b!r}")
+        unknown = set(honours) - set(STRUCTURED_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown structured output field(s) {sorted(unknown)}")
+        self.honours = set(honours)
+        self.probes = 0
+        self.probe_bodies: list[dict] = []
         self.behaviours = list(behaviours)
         self.default = default
         self.slow_s = slow_s
@@ -116,6 +146,13 @@ class StandinServer:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if not is_split_request(body):
+                    with server._lock:
+                        server.probes += 1
+                        server.probe_bodies.append(body)
+                    enforced = constraint_field(body) in server.honours
+                    self._reply(body, json.dumps({k: [] for k in ANSWER_KEYS}) if enforced else "OK", "stop")
+                    return
                 behaviour = server._next()
                 with server._lock:
                     server.bodies.append(body)
@@ -153,6 +190,9 @@ class StandinServer:
                     content = json.dumps(answer)
                     if behaviour == "truncated":
                         content, finish = content[: len(content) // 2], "length"
+                self._reply(body, content, finish)
+
+            def _reply(self, body: dict, content: str, finish: str) -> None:
                 self._send(200, {
                     "id": f"chatcmpl-standin-{server.requests}", "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", "standin"),
@@ -169,9 +209,11 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--behaviour", default="good", choices=BEHAVIOURS)
     p.add_argument("--startup-delay", type=float, default=0.0, help="seconds before the port opens")
+    p.add_argument("--honours", default=",".join(STRUCTURED_FIELDS),
+                   help="comma-separated structured output fields the server enforces ('' for none)")
     args, _ = p.parse_known_args()
     time.sleep(args.startup_delay)
-    server = StandinServer(default=args.behaviour, port=args.port)
+    server = StandinServer(default=args.behaviour, port=args.port, honours=[f for f in args.honours.split(",") if f])
     try:
         server._httpd.serve_forever()
     except KeyboardInterrupt:

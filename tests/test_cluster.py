@@ -325,7 +325,8 @@ def test_sat_and_serving_jobs_get_their_gpu_on_the_gpu_partition(slurm_env, tmp_
             "segmentation": {"backend": "sat", "prompts": {"heart": ["heart"], "bone": ["sternum"],
                                                             "abdomen": ["liver"]},
                              "sat": {"repo": str(sat_repo), "checkpoint": str(tmp_path / "sat.pth"),
-                                     "text_encoder_checkpoint": str(tmp_path / "sat.pth"), **small}},
+                                     "text_encoder_checkpoint": str(tmp_path / "sat.pth"),
+                                     "text_encoder_model": str(tmp_path / "BioLORD-2023-C"), **small}},
             "splitter": {"kind": "llm", "llm": {"max_attempts": 2, "concurrency": 2, "serve": {
                 "enabled": True, "model_path": "/models/Qwen2.5-14B-Instruct", "startup_timeout_s": 120,
                 "resources": {"gpu": 1, **small}}}}}}})

@@ -241,6 +241,10 @@ p.add_argument("--rcd_dir")
 p.add_argument("--datasets_jsonl")
 args, _ = p.parse_known_args()
 assert os.environ.get("LOCAL_RANK") == "0"  # started by torchrun
+# SAT's Knowledge_Encoder loads AutoModel.from_pretrained("FremyCompany/BioLORD-2023-C"): a local folder of that
+# name in the working directory, with the hub switched off
+assert os.path.isfile(os.path.join("FremyCompany", "BioLORD-2023-C", "config.json")), os.getcwd()
+assert os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("TRANSFORMERS_OFFLINE") == "1"
 for line in open(args.datasets_jsonl):
     d = json.loads(line)
     img = nib.load(d["image"])
@@ -267,11 +271,19 @@ for line in open(args.datasets_jsonl):
 
 
 def sat_standin_checkout(sat_repo: Path) -> Path:
-    """A SAT checkout whose inference.py is the stand-in program (FAKE_SAT_INFERENCE), with SAT's U-Net package."""
+    """A SAT checkout whose inference.py is the stand-in program (FAKE_SAT_INFERENCE), with SAT's U-Net package,
+    and beside it `BioLORD-2023-C/`, a folder standing for the local copy of SAT's text encoder model."""
     (sat_repo / "dynamic_network_architectures").mkdir(parents=True)
     (sat_repo / "dynamic_network_architectures" / "__init__.py").write_text("")
     (sat_repo / "inference.py").write_text(FAKE_SAT_INFERENCE)
+    biolord_standin(sat_repo.parent / "BioLORD-2023-C")
     return sat_repo
+
+
+def biolord_standin(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "mpnet"}')
+    return folder
 
 
 def vllm_standin_bin(fake_bin: Path) -> Path:
@@ -311,7 +323,8 @@ def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
             "segmentation": {"backend": "sat", "prompts": {"heart": ["heart"], "bone": ["sternum", "rib 1"],
                                                             "abdomen": ["liver"]},
                              "sat": {"repo": str(sat_repo), "checkpoint": str(tmp_path / "sat.pth"),
-                                     "text_encoder_checkpoint": str(tmp_path / "sat.pth")}},
+                                     "text_encoder_checkpoint": str(tmp_path / "sat.pth"),
+                                     "text_encoder_model": str(tmp_path / "BioLORD-2023-C")}},
             "splitter": {"kind": "llm", "llm": {"base_url": server.base_url, "model": "qwen-standin",
                                                 "max_attempts": 2, "concurrency": 2}}}}}
         (wd / "ctrg.yaml").write_text(yaml.safe_dump(cfg))

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import yaml
 
 from conftest import SHARED_DATA
-from test_ctrg import FAKE_SAT_INFERENCE
+from test_ctrg import FAKE_SAT_INFERENCE, biolord_standin
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.segment.sat import SAT_DEFAULTS, sat_command, run_sat_case
@@ -29,7 +29,7 @@ def _fake_sat(root: Path, program: str = FAKE_SAT_INFERENCE) -> dict:
     (repo / "inference.py").write_text(program)
     (root / "sat.pth").write_text("weights")
     return {"repo": str(repo), "checkpoint": str(root / "sat.pth"), "text_encoder_checkpoint": str(root / "sat.pth"),
-            "master_port": 29631}
+            "text_encoder_model": str(biolord_standin(root / "BioLORD-2023-C")), "master_port": 29631}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_run_sat_case_imports_onto_the_ingested_grid(volume, tmp_path):
 def test_command_is_the_sat_run_rules(tmp_path):
     s = {**SAT_DEFAULTS, "repo": "/sat", "checkpoint": "/c.pth", "text_encoder_checkpoint": "/t.pth"}
     cmd = sat_command(s, tmp_path / "in.jsonl", tmp_path / "out", "/env/bin/torchrun")
-    assert cmd[:5] == ["/env/bin/torchrun", "--nproc_per_node=1", "--master_port", "29517", "inference.py"]
+    assert cmd[:5] == ["/env/bin/torchrun", "--nproc_per_node=1", "--master_port", "29517", "/sat/inference.py"]
     args = dict(zip(cmd[5::2], cmd[6::2]))
     assert args == {"--rcd_dir": str(tmp_path / "out"), "--datasets_jsonl": str(tmp_path / "in.jsonl"),
                     "--vision_backbone": "UNET-L", "--checkpoint": "/c.pth", "--text_encoder": "ours",
@@ -83,11 +83,15 @@ def test_command_is_the_sat_run_rules(tmp_path):
 
 def test_missing_settings_name_the_config_keys(volume, tmp_path):
     with pytest.raises(ConfigError, match=r"segmentation\.sat\.repo.*segmentation\.sat\.checkpoint.*"
-                                          r"segmentation\.sat\.text_encoder_checkpoint"):
+                                          r"segmentation\.sat\.text_encoder_checkpoint.*"
+                                          r"segmentation\.sat\.text_encoder_model \(a local folder of "
+                                          r"FremyCompany/BioLORD-2023-C.*offline compute node"):
         run_sat_case(volume, tmp_path / "m.nii.gz", tmp_path / "w", {})
     s = _fake_sat(tmp_path)
     with pytest.raises(ConfigError, match=r"segmentation\.sat\.checkpoint: .*does not exist"):
         run_sat_case(volume, tmp_path / "m.nii.gz", tmp_path / "w", {**s, "checkpoint": str(tmp_path / "no.pth")})
+    with pytest.raises(ConfigError, match=r"segmentation\.sat\.text_encoder_model: .*no config\.json"):
+        run_sat_case(volume, tmp_path / "m.nii.gz", tmp_path / "w", {**s, "text_encoder_model": str(tmp_path)})
     assert not (tmp_path / "m.nii.gz").exists()
 
 

@@ -219,3 +219,25 @@ def test_stage_over_an_inventory(tmp_path):
     assert "no output folder" in status.reason[1]
     got, _ = read_region_masks(tmp_path / "masks" / "a.nii.gz")
     assert np.array_equal(got[REGIONS.index("heart")], _known_masks(arr)["heart"])
+
+
+def test_lung_window_caps_bone_and_contrast_at_150_hu_on_a_real_ct():
+    """The measurement of docs/ctrg.md: a real contrast chest CT (totalseg-chest-crop, HU) stored as an 8-bit lung
+    window and mapped back by windowed_to_hu. Every voxel above +150 HU comes back as exactly +150: the T12 vertebra
+    and the contrast-filled aorta, 162 HU apart in the median before, are the same value after."""
+    import SimpleITK as sitk
+
+    from conftest import SHARED_DATA
+
+    d = SHARED_DATA / "totalseg-chest-crop"
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "ct_cropped.nii.gz"))).astype(np.float32)
+    t12 = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "vertebrae_T12.nii.gz"))) > 0
+    aorta = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "aorta.nii.gz"))) > 0
+    w = sat.DEFAULT_WINDOW
+    stored = np.clip(np.round((ct - (w["center"] - w["width"] / 2)) / w["width"] * 255), 0, 255)
+    back = sat.windowed_to_hu(stored)
+    assert back.max() == 150 and np.all(back[ct > 150] == 150)
+    assert 0.6 < (ct[t12] > 150).mean() < 0.65 and 0.8 < (ct[aorta] > 150).mean() < 0.82
+    assert round(float(np.median(ct[t12]) - np.median(ct[aorta]))) == -162
+    assert np.median(back[t12]) == np.median(back[aorta]) == 150
+    assert (ct >= 200).sum() > 300_000 and (back >= 200).sum() == 0  # a >= 200 HU bone threshold finds nothing

@@ -19,7 +19,8 @@ from reg2rg import demo
 from reg2rg.constants import REGIONS
 from reg2rg.split.answer import ANSWER_SCHEMA, AnswerError, parse_answer, validate_answer
 from reg2rg.split.cache import cache_key
-from reg2rg.split.llm import LLMSettings, LLMSplitter
+from reg2rg.errors import ConfigError
+from reg2rg.split.llm import PROBE_MESSAGES, LLMSettings, LLMSplitter
 from reg2rg.split.prompt import PROMPT_VERSION, build_messages, sentences_from_messages
 from reg2rg.split.rules import assign_sentence, rules_split
 from reg2rg.split.sentences import split_sentences
@@ -111,13 +112,50 @@ def test_good_server_request_is_structured_and_deterministic(tmp_path):
     assert body["response_format"]["json_schema"]["schema"] == ANSWER_SCHEMA
 
 
-@pytest.mark.parametrize("mode,extra", [("structured_outputs", {"structured_outputs": {"json": ANSWER_SCHEMA}}),
-                                        ("guided_json", {"guided_json": ANSWER_SCHEMA})])
-def test_vllm_extra_body_modes(mode, extra):
+def test_guided_json_mode_sends_vllm_010s_field():
     with StandinServer() as srv:
-        assert _splitter(srv, structured_output=mode).split_one(REPORT).status == "ok"
-    assert "response_format" not in srv.bodies[0]
-    assert all(srv.bodies[0][k] == v for k, v in extra.items())
+        assert _splitter(srv, structured_output="guided_json").split_one(REPORT).status == "ok"
+    assert "response_format" not in srv.bodies[0] and srv.bodies[0]["guided_json"] == ANSWER_SCHEMA
+
+
+def test_structured_outputs_mode_is_refused_as_a_no_op_on_the_pinned_vllm():
+    with pytest.raises(ConfigError, match=r"structured_outputs.*vLLM 0\.10\.2.*ignores.*response_format"):
+        _splitter(None, structured_output="structured_outputs")
+
+
+@pytest.mark.parametrize("mode", ["response_format", "guided_json"])
+def test_schema_probe_passes_on_an_enforcing_server_before_the_reports(tmp_path, mode):
+    reports = [r for r, _ in _demo_reports(3)]
+    with StandinServer() as srv:
+        recs = _splitter(srv, tmp_path, structured_output=mode).split_many(reports, progress=False)
+    assert [r.status for r in recs] == ["ok"] * 3 and srv.requests == 3 and srv.probes == 1
+    probe = srv.probe_bodies[0]
+    assert probe["messages"] == PROBE_MESSAGES and ("response_format" in probe) == (mode == "response_format")
+
+
+@pytest.mark.parametrize("mode,honours", [("response_format", ()), ("guided_json", ()),
+                                          ("guided_json", ("response_format",))])  # the last: vLLM >= 0.12
+def test_schema_probe_stops_the_run_on_a_server_that_ignores_the_constraint(tmp_path, mode, honours):
+    """A server that does not enforce the schema answers the probe's plain word: the run stops before any report
+    is asked, with a message naming the setting and the answer."""
+    reports = [r for r, _ in _demo_reports(3)]
+    with StandinServer(honours=honours) as srv:
+        with pytest.raises(ConfigError, match=rf"does not enforce the answer schema with structured_output "
+                                              rf"'{mode}'.*answered 'OK'"):
+            _splitter(srv, tmp_path, structured_output=mode).split_many(reports, progress=False)
+    assert srv.probes == 1 and srv.requests == 0
+    assert not list(Path(tmp_path).rglob("*.json"))  # nothing cached
+
+
+def test_no_probe_when_everything_is_cached_or_unconstrained(tmp_path):
+    reports = [r for r, _ in _demo_reports(2)]
+    with StandinServer() as srv:
+        _splitter(srv, tmp_path).split_many(reports, progress=False)
+        _splitter(srv, tmp_path).split_many(reports, progress=False)
+        assert srv.probes == 1 and srv.requests == 2
+    with StandinServer(honours=()) as srv:
+        recs = _splitter(srv, structured_output="none").split_many(reports[:1], progress=False)
+    assert recs[0].status == "ok" and srv.probes == 0 and "response_format" not in srv.bodies[0]
 
 
 @pytest.mark.parametrize("behaviour,kind", [("malformed", "invalid JSON"), ("invented", "invented sentence"),

@@ -416,7 +416,16 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
 # ------------------------------------------------------------------------------------------------ run (one scan)
 SAT_DATASET = "reg2rg"  # the jsonl's `dataset` (the workflow's SAT_JSONL_DATASET): SAT writes {rcd_dir}/reg2rg/
 SAT_REQUIRED = {"repo": "your checkout of github.com/zhaoziheng/SAT", "checkpoint": "the SAT-Pro/Nano checkpoint",
-                "text_encoder_checkpoint": "SAT's text encoder checkpoint"}
+                "text_encoder_checkpoint": "SAT's text encoder checkpoint",
+                "text_encoder_model": "a local folder of FremyCompany/BioLORD-2023-C: SAT builds its text encoder on it "
+                                      "and would fetch it from the Hugging Face hub at every start, which fails on an "
+                                      "offline compute node; download it once where there is internet with "
+                                      "`huggingface-cli download FremyCompany/BioLORD-2023-C --local-dir DIR`"}
+# SAT's Knowledge_Encoder loads `AutoModel.from_pretrained(BIOLORD_ID)` (and its tokenizer) with no option to change
+# it. transformers takes an id that is an existing folder as a local model: SAT runs in a folder where BIOLORD_ID is
+# a link to `text_encoder_model`, with the hub switched off, so that nothing is fetched (sat_workdir).
+BIOLORD_ID = "FremyCompany/BioLORD-2023-C"
+SAT_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 SAT_DEFAULTS = {"vision_backbone": "UNET-L", "text_encoder": "ours", "batchsize_3d": 1, "max_queries": 256,
                 "master_port": 29517}
 LOG_TAIL_LINES = 30
@@ -438,7 +447,21 @@ def sat_settings(settings: dict | None) -> dict:
             raise ConfigError(f"segmentation.sat.{k}: {out[k]} does not exist")
     if not os.path.isfile(os.path.join(out["repo"], "inference.py")):
         raise ConfigError(f"segmentation.sat.repo: {out['repo']} has no inference.py (not a SAT checkout)")
+    if not os.path.isfile(os.path.join(out["text_encoder_model"], "config.json")):
+        raise ConfigError(f"segmentation.sat.text_encoder_model: {out['text_encoder_model']} has no config.json "
+                          f"(not a downloaded {BIOLORD_ID})")
     return out
+
+
+def sat_workdir(work_dir, text_encoder_model) -> Path:
+    """The folder SAT runs in: `BIOLORD_ID` there is a link to the local copy of the model (see BIOLORD_ID)."""
+    work_dir = Path(work_dir)
+    link = work_dir / BIOLORD_ID
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.abspath(text_encoder_model), target_is_directory=True)
+    return work_dir
 
 
 def torchrun_executable() -> str:
@@ -455,10 +478,11 @@ def torchrun_executable() -> str:
 
 
 def sat_command(settings: dict, jsonl, out_dir, torchrun: str = "torchrun") -> list[str]:
-    """SAT's inference command for one GPU (run in the SAT checkout), as the workflow's sat_run rule runs it.
-    `settings` as sat_settings returns them."""
+    """SAT's inference command for one GPU (run in sat_workdir, with SAT_OFFLINE_ENV), as the workflow's sat_run
+    rule runs it. `settings` as sat_settings returns them."""
     s = {**SAT_DEFAULTS, **settings}
-    return [torchrun, "--nproc_per_node=1", "--master_port", str(s["master_port"]), "inference.py",
+    return [torchrun, "--nproc_per_node=1", "--master_port", str(s["master_port"]),
+            os.path.join(str(s["repo"]), "inference.py"),
             "--rcd_dir", str(os.path.abspath(out_dir)), "--datasets_jsonl", str(os.path.abspath(jsonl)),
             "--vision_backbone", str(s["vision_backbone"]), "--checkpoint", str(s["checkpoint"]),
             "--text_encoder", str(s["text_encoder"]),
@@ -495,12 +519,14 @@ def run_sat(settings: dict, jsonl, out_dir, log_path) -> None:
     probe = subprocess.run([sys.executable, "-c", "import dynamic_network_architectures"], cwd=s["repo"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
-        raise ConfigError(f"SAT needs its U-Net package: pip install -e "
-                          f"{s['repo']}/model/dynamic-network-architectures-main (into {sys.prefix})")
+        raise ConfigError(f"SAT needs its U-Net package (dynamic_network_architectures), which envs/sat.yaml installs: "
+                          f"run SAT in that environment, not in {sys.prefix}")
     cmd = sat_command(s, jsonl, out_dir, torchrun_executable())
-    log.info("SAT: %s (in %s, log %s)", " ".join(cmd), s["repo"], log_path)
+    cwd = sat_workdir(log_path.parent / "sat_cwd", s["text_encoder_model"])
+    log.info("SAT: %s (in %s, log %s)", " ".join(cmd), cwd, log_path)
     with open(log_path, "w") as fh:
-        rc = subprocess.run(cmd, cwd=s["repo"], stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, **SAT_OFFLINE_ENV}).returncode
     if rc != 0:
         raise InputError(log_path, f"SAT's inference failed (exit status {rc}); its log ends:\n{_log_tail(log_path)}")
 
@@ -510,7 +536,7 @@ def run_sat_case(volume_path, out_path, work_dir, settings: dict) -> dict:
     a data set: SAT's input and record (prepare_sat_input), a one-line jsonl with every prompt of
     region_prompts(settings["prompts"]), SAT's inference (run_sat), and the import (import_sat_case) into
     `out_path` (the masks stage's uint16 label file + sidecar). Returns the sidecar. `settings`: the keys of
-    `segmentation.sat` (repo, checkpoint, text_encoder_checkpoint, ...), optionally `prompts`,
+    `segmentation.sat` (repo, checkpoint, text_encoder_checkpoint, text_encoder_model, ...), optionally `prompts`,
     `intensity_mode` (hu, the default for ingested scans, or windowed) and `windowed_window`."""
     settings = dict(settings or {})
     s = sat_settings(settings)

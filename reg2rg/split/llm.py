@@ -3,8 +3,12 @@ Qwen2.5-14B-Instruct by default) asked, with the versioned prompt of `prompt.py`
 sentences into the 10 regions plus `others`.
 
 - Structured output: the answer is constrained to `answer.ANSWER_SCHEMA` by the OpenAI `response_format`
-  (`{"type": "json_schema", ...}`, which vLLM implements); `structured_output` can instead send vLLM's own
-  `extra_body` field (`structured_outputs` for vLLM >= 0.10, `guided_json` for older servers) or nothing.
+  (`{"type": "json_schema", ...}`, which vLLM implements, 0.10.2 of envs/vllm.yaml and later); `structured_output:
+  guided_json` sends vLLM 0.10's own `extra_body` field instead (ignored from vLLM 0.12 on), `none` nothing.
+  vLLM's newer `structured_outputs` field is not offered: vLLM 0.10.2 ignores it without a word.
+- Before the first request of a run, one probe (`PROBE_MESSAGES`, a request whose unconstrained answer is a
+  plain word) checks that the server enforces the schema: a server that ignores the constraint answers the word
+  and the run stops with a ConfigError, instead of every report failing validation (or passing by luck).
 - Temperature 0 and a fixed seed; at most `concurrency` requests in flight; a timeout per request.
 - Retries with exponential backoff on timeouts, refused connections, HTTP 429 and 5xx, and on answers that
   fail validation (then with a repair turn that quotes the problem). Other HTTP errors (400, 401, 404...)
@@ -31,7 +35,15 @@ from reg2rg.split.prompt import PROMPT_VERSION, build_messages, repair_message
 
 log = logging.getLogger(__name__)
 
-STRUCTURED_OUTPUT_MODES = ("response_format", "structured_outputs", "guided_json", "none")
+STRUCTURED_OUTPUT_MODES = ("response_format", "guided_json", "none")
+# modes that the pinned server (envs/vllm.yaml: vLLM 0.10.2) does not honour, and why
+UNHONOURED_MODES = {"structured_outputs": "vLLM 0.10.2 (envs/vllm.yaml) ignores the structured_outputs field "
+                                          "without an error (it came with vLLM 0.11); use response_format"}
+# A request whose unconstrained answer violates ANSWER_SCHEMA: only a server that enforces the schema answers JSON.
+PROBE_MESSAGES = [
+    {"role": "system", "content": "You answer in plain words."},
+    {"role": "user", "content": "Reply with the single word OK and nothing else: no JSON, no braces, no quotes."},
+]
 ENV_BASE_URL = "REG2RG_LLM_BASE_URL"
 ENV_MODEL = "REG2RG_LLM_MODEL"
 DEFAULT_API_KEY_ENV = "REG2RG_LLM_API_KEY"
@@ -64,6 +76,9 @@ class LLMSettings:
         out = LLMSettings(**asdict(self))
         out.base_url = self.base_url or env.get(ENV_BASE_URL) or self.DEFAULT_BASE_URL
         out.model = self.model or env.get(ENV_MODEL) or self.DEFAULT_MODEL
+        if out.structured_output in UNHONOURED_MODES:
+            raise ConfigError(f"splitter structured_output {out.structured_output!r}: "
+                              f"{UNHONOURED_MODES[out.structured_output]}")
         if out.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ConfigError(f"splitter structured_output {out.structured_output!r}: use one of "
                               f"{', '.join(STRUCTURED_OUTPUT_MODES)}")
@@ -132,7 +147,8 @@ class LLMSplitter:
         self._sleep = sleep
         self.client = OpenAI(base_url=self.settings.base_url, api_key=self.settings.api_key(environ),
                              timeout=self.settings.timeout_s, max_retries=0)
-        self.requests_sent = 0
+        self.requests_sent = 0  # report requests (not the schema probe)
+        self._checked = False  # the server's enforcement of the schema (check_enforcement)
         self._lock = threading.Lock()
         for name in ("httpx", "httpx2"):  # one INFO line per request otherwise
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -144,13 +160,11 @@ class LLMSplitter:
             return {"response_format": {"type": "json_schema",
                                         "json_schema": {"name": "region_split", "schema": ANSWER_SCHEMA,
                                                         "strict": True}}}
-        if mode == "structured_outputs":
-            return {"extra_body": {"structured_outputs": {"json": ANSWER_SCHEMA}}}
         if mode == "guided_json":
             return {"extra_body": {"guided_json": ANSWER_SCHEMA}}
         return {}
 
-    def _ask(self, messages: list[dict]) -> str | None:
+    def _ask(self, messages: list[dict], count: bool = True) -> str | None:
         import openai
 
         s = self.settings
@@ -158,8 +172,9 @@ class LLMSplitter:
                   **self._structured()}
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        with self._lock:
-            self.requests_sent += 1
+        if count:
+            with self._lock:
+                self.requests_sent += 1
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except openai.APITimeoutError:
@@ -220,6 +235,43 @@ class LLMSplitter:
         rec.reason = f"{last['kind']} after {rec.attempts} attempt(s): {last['message']}"
         return rec
 
+    def check_enforcement(self) -> bool:
+        """Send PROBE_MESSAGES under the constraint: ConfigError unless the answer is JSON of ANSWER_SCHEMA (the
+        server ignores `structured_output`). True once checked; False when it could not be (mode none, or no
+        answer after max_attempts: the reports then fail with the same errors, recorded)."""
+        s = self.settings
+        if s.structured_output == "none":
+            log.warning("structured_output none: answers are not constrained to the schema, only validated")
+            return False
+        for attempt in range(1, s.max_attempts + 1):
+            try:
+                content = self._ask(PROBE_MESSAGES, count=False)
+            except _AnswerWithRaw as err:
+                content = err.raw
+            except AnswerError as err:
+                content = str(err)
+            except _Retryable as err:
+                log.warning("schema probe, attempt %d: %s", attempt, err)
+                if attempt < s.max_attempts:
+                    self._sleep(self._backoff(attempt))
+                continue
+            except _Fatal as err:
+                raise ConfigError(f"{s.base_url} refused the schema probe with structured_output "
+                                  f"{s.structured_output!r} ({err.kind}: {err}); see reg2rg/split/llm.py") from None
+            try:
+                parse_answer(content)
+            except AnswerError as err:
+                raise ConfigError(
+                    f"{s.base_url} ({s.model}) does not enforce the answer schema with structured_output "
+                    f"{s.structured_output!r}: asked for a plain word under the schema, it answered "
+                    f"{str(content)[:120]!r} ({err}). vLLM 0.10 honours response_format and guided_json, vLLM >= 0.12 "
+                    "only response_format") from None
+            log.info("schema probe: %s enforces the answer schema (structured_output %s)", s.base_url,
+                     s.structured_output)
+            return True
+        log.warning("schema probe: no answer from %s after %d attempt(s); not checked", s.base_url, s.max_attempts)
+        return False
+
     # ------------------------------------------------------------------------------------------ many
     def lookup(self, report: str) -> SplitRecord | None:
         key = cache_key(report, PROMPT_VERSION, self.settings.model)
@@ -249,6 +301,8 @@ class LLMSplitter:
         log.info("split: %d reports, %d from the cache, %d distinct to ask %s (%s, at most %d at a time)",
                  len(reports), n_cached, len(todo), self.settings.base_url, self.settings.model,
                  self.settings.concurrency)
+        if todo and not self._checked:
+            self._checked = self.check_enforcement()
         bar = tqdm(total=len(todo), desc="split reports", unit="report", disable=not progress or not todo)
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency)
         pending: dict = {}

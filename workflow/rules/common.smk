@@ -1,4 +1,5 @@
 # Helpers and input functions shared by the rule files.
+import os
 import sys
 from pathlib import Path
 
@@ -8,10 +9,26 @@ from snakemake.exceptions import WorkflowError
 
 from reg2rg.ablation import merge_overrides
 
+
+def pinned_cuda_version(env_file):
+    """X of the `cuda-version=X` dependency of a conda environment file."""
+    import yaml
+
+    for dep in yaml.safe_load(Path(env_file).read_text())["dependencies"]:
+        if isinstance(dep, str) and dep.replace(" ", "").startswith("cuda-version="):
+            return dep.split("=", 1)[1].split("#")[0].strip()
+    raise WorkflowError(f"{env_file}: no cuda-version=X dependency (the CUDA of its PyTorch build)")
+
+
 # Without --use-conda, shell steps (`accelerate launch`, `python -m reg2rg ...`) run in the environment Snakemake
 # runs in, also when it was started as .venv/bin/snakemake without activating the venv.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
+else:
+    # envs/core.yaml pins a CUDA build of PyTorch (`cuda-version=X`), which conda resolves only where it sees a
+    # driver of that CUDA: this process creates the environments, so unless the user set CONDA_OVERRIDE_CUDA it is
+    # the pinned version, and the CUDA build resolves on a login node without GPUs too (docs/cluster.md).
+    os.environ.setdefault("CONDA_OVERRIDE_CUDA", pinned_cuda_version(Path(workflow.basedir) / "envs" / "core.yaml"))
 
 DATASETS = config["datasets"]
 SPLITS = ["train", "test"]
@@ -174,6 +191,29 @@ def sat_setting(dataset, key, default=None, required=False):
             f"data set '{dataset}' runs SAT: set datasets.{dataset}.segmentation.sat.{key} in config/config.yaml"
         )
     return value
+
+
+SAT_BIOLORD_ID = "FremyCompany/BioLORD-2023-C"  # reg2rg.segment.sat.BIOLORD_ID (not importable in envs/sat.yaml)
+
+
+def sat_text_encoder_model(dataset):
+    """segmentation.sat.text_encoder_model as an absolute path; an error that says why when unset or not a model."""
+    value = sat_setting(dataset, "text_encoder_model")
+    if value in (None, ""):
+        dataset_root(dataset)
+        raise WorkflowError(
+            f"data set '{dataset}' runs SAT: set datasets.{dataset}.segmentation.sat.text_encoder_model to a local "
+            f"folder of {SAT_BIOLORD_ID}. SAT's text encoder is built on it and would fetch it from the Hugging Face "
+            "hub at every start, which fails on a compute node without internet; download it once where there is "
+            f"internet: huggingface-cli download {SAT_BIOLORD_ID} --local-dir DIR (docs/ctrg.md)"
+        )
+    path = os.path.abspath(os.path.expanduser(str(value)))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise WorkflowError(
+            f"datasets.{dataset}.segmentation.sat.text_encoder_model: {path} has no config.json "
+            f"(not a downloaded {SAT_BIOLORD_ID})"
+        )
+    return path
 
 
 def sat_output_input(wildcards):

@@ -46,6 +46,9 @@ rule sat_run:
         text_encoder_checkpoint=lambda wc: os.path.abspath(
             sat_setting(wc.dataset, "text_encoder_checkpoint", required=True)
         ),
+        text_encoder_model=lambda wc: sat_text_encoder_model(wc.dataset),
+        biolord_id=SAT_BIOLORD_ID,
+        cwd=lambda wc: os.path.abspath(f"results/{wc.dataset}/segment/sat_cwd/{wc.shard}"),
         vision_backbone=lambda wc: sat_setting(wc.dataset, "vision_backbone", "UNET-L"),
         text_encoder=lambda wc: sat_setting(wc.dataset, "text_encoder", "ours"),
         batchsize_3d=lambda wc: sat_setting(wc.dataset, "batchsize_3d", 1),
@@ -69,19 +72,24 @@ rule sat_run:
     shell:
         # SAT's inference.py (torchrun, one GPU) reads the jsonl and writes {out}/reg2rg/seg_<id>/<prompt>.nii.gz.
         # master_port 0 (the default): a free port of this node, so that two SAT jobs on one node do not collide.
+        # SAT's text encoder loads the hub id {biolord_id} at every start: it runs in {cwd}, where that id is a link
+        # to the local copy (segmentation.sat.text_encoder_model), with the hub off (reg2rg.segment.sat.BIOLORD_ID).
         """
-        mkdir -p {params.out} $(dirname {params.log})
+        mkdir -p {params.out} $(dirname {params.log}) $(dirname {params.cwd}/{params.biolord_id})
+        ln -sfn {params.text_encoder_model} {params.cwd}/{params.biolord_id}
         cd {params.repo}
         if ! python -c 'import dynamic_network_architectures' 2> /dev/null; then
-            echo "SAT needs its U-Net package:" \
-                "pip install -e {params.repo}/model/dynamic-network-architectures-main" > {params.log}
+            echo "SAT needs its U-Net package (dynamic_network_architectures), which envs/sat.yaml installs:" \
+                "run with --software-deployment-method conda (profiles/slurm sets it)" > {params.log}
             exit 1
         fi
         port={params.port}
         if [ "$port" = 0 ]; then
             port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         fi
-        torchrun --nproc_per_node=1 --master_port "$port" inference.py \
+        cd {params.cwd}
+        export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        torchrun --nproc_per_node=1 --master_port "$port" {params.repo}/inference.py \
             --rcd_dir {params.out} --datasets_jsonl {params.jsonl} \
             --vision_backbone {params.vision_backbone} --checkpoint {params.checkpoint} \
             --text_encoder {params.text_encoder} --text_encoder_checkpoint {params.text_encoder_checkpoint} \
