@@ -630,3 +630,71 @@ def test_global_only_baseline_has_no_region_segments(tok):
         tiny_config(use_texture=False, use_geometry=False)
     with pytest.raises(ConfigError, match="no image"):
         tiny_config(use_texture=False, use_geometry=False, use_rra=False, use_global=False)
+
+
+def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_path):
+    """The tiny preset's aid (not the paper's): every "The region k is" token, in the prompt and in the report,
+    carries the mean of region k's texture and geometry tokens (and a learned mark when k is the prompt's last
+    region); generation adds it to the phrases it writes."""
+    from reg2rg.model.tokenizer import phrase_token_ids
+
+    cfg = tiny_config(region_prefix_features=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    regions = [["lung", "heart", "bone"], ["bone"]]
+    batch, vols = make_batch(tok, cfg, regions, padding_side="left")
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        marked = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_prefix_features = False
+        plain = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_prefix_features = True
+    phrases = phrase_token_ids(tok)
+    tid = {t: tok.convert_tokens_to_ids(t) for t in (TEXTURE_TOKEN, GEOMETRY_TOKEN, REGION_START)}
+    for b, row in enumerate(ids):
+        is_phrase = torch.isin(row, torch.tensor(phrases))
+        assert torch.equal(marked[b, ~is_phrase], plain[b, ~is_phrase])
+        starts = (row == tid[REGION_START]).nonzero().flatten().tolist() + [len(row)]
+        in_region = (row == tid[TEXTURE_TOKEN]) | (row == tid[GEOMETRY_TOKEN])
+        for k, (lo, hi) in enumerate(zip(starts, starts[1:])):
+            pos = in_region.nonzero().flatten()
+            pos = pos[(pos > lo) & (pos < hi)]
+            mean = plain[b, pos].mean(0)
+            if k == len(regions[b]) - 1:  # the prompt's last region is marked as such
+                mean = mean + model.last_region_embedding
+            where = (row == phrases[k]).nonzero().flatten()
+            assert len(where) >= 1  # the prompt's "The region k is" (and the report's prefix, when trained)
+            for p in where:
+                assert torch.allclose(marked[b, p] - plain[b, p], mean, atol=1e-5)
+    # Generation: the phrases the model writes itself get their region's terms (a hook on the LLM's input
+    # embeddings, with the region means of the prompts it was given; rows repeated for beams map back).
+    gen_batch, gen_vols = make_batch(tok, cfg, [["lung", "heart"], ["bone"]], with_target=False,
+                                     padding_side="left")
+    with torch.no_grad():
+        model.embed_inputs(gen_batch["input_ids"], gen_vols["global_volume"], gen_vols["region_crops"],
+                           gen_vols["region_masks"], keep_prefix_table=True)
+        table = model._prefix_table
+        emb = model.llm.get_input_embeddings()
+        new = torch.tensor([[phrases[1], 5], [phrases[0], phrases[1]]]).repeat_interleave(2, dim=0)  # 2 beams
+        hook = emb.register_forward_hook(model._add_prefix_features)
+        hooked = emb(new)
+        hook.remove()
+        diff = hooked - emb(new)
+    for r, b in enumerate([0, 0, 1, 1]):
+        assert torch.allclose(diff[r, 0], table[b, 1 if b == 0 else 0], atol=1e-6)
+    assert torch.equal(diff[0, 1], torch.zeros_like(diff[0, 1])) and torch.allclose(diff[2, 1], table[1, 1])
+    assert torch.equal(table[1, 1], torch.zeros_like(table[1, 1]))  # scan 1 has one region: no region 2
+    model._prefix_table = None
+    new_ids = model.generate(**{k: gen_batch[k] for k in ("input_ids", "attention_mask")}, **gen_vols,
+                             max_new_tokens=4)
+    assert new_ids.shape[0] == 2 and model._prefix_table is None
+    out = save_trained(model, tmp_path / "model")
+    loaded = load_trained(out)
+    assert loaded.config.region_prefix_features
+    with torch.no_grad():
+        assert torch.equal(model(**batch, **vols).logits, loaded(**batch, **vols).logits)
+    with pytest.raises(ValueError, match="one token per 'The region k is'"):  # e.g. Llama-2's tokenizer
+        from reg2rg.model.modeling import Reg2RGModel
+        from reg2rg.model.tokenizer import special_token_ids, text_vocab_size
+
+        Reg2RGModel(cfg, model.llm, special_token_ids(tok), text_vocab_size(tok), None)

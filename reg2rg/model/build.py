@@ -19,7 +19,7 @@ import torch
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.model.config import Reg2RGConfig
 from reg2rg.model.modeling import Reg2RGModel
-from reg2rg.model.tokenizer import load_tokenizer, special_token_ids, text_vocab_size
+from reg2rg.model.tokenizer import load_tokenizer, phrase_token_ids, special_token_ids, text_vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def build_model(config: Reg2RGConfig, tokenizer, *, load_pretrained_vision: bool
 
     llm = get_peft_model(load_base_llm(config, tokenizer), lora_config(config))
     _set_base_trainable(llm, config)
-    model = Reg2RGModel(config, llm, special_token_ids(tokenizer), text_vocab_size(tokenizer))
+    model = Reg2RGModel(config, llm, special_token_ids(tokenizer), text_vocab_size(tokenizer),
+                        phrase_token_ids(tokenizer))
     if load_pretrained_vision:
         _load_radfm(model, config)
     if config.gradient_checkpointing:
@@ -164,7 +165,8 @@ def load_trained(out_dir, *, llm_path=None, is_trainable: bool = False, device=N
                                     is_trainable=is_trainable)
     if is_trainable:
         _set_base_trainable(llm, config)
-    model = Reg2RGModel(config, llm, special_token_ids(tokenizer), text_vocab_size(tokenizer))
+    model = Reg2RGModel(config, llm, special_token_ids(tokenizer), text_vocab_size(tokenizer),
+                        phrase_token_ids(tokenizer))
     path = out / MODULES_FILE
     try:
         state = load_file(str(path))

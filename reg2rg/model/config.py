@@ -129,6 +129,11 @@ class Reg2RGConfig:
     # Not in the paper (off there): add a learned embedding of the region's prompt index (1..10) to its texture
     # and geometry tokens, so a small random decoder finds "region N"'s segment by content, not by distance.
     region_index_embedding: bool = False
+    # Not in the paper (off there): add region k's mean visual token (its texture and geometry tokens, as placed
+    # in the prompt) to the embedding of every one-token "The region k is" phrase (the tiny tokenizer's), so that
+    # a small random decoder reads region k's features where it writes region k's name and text, instead of
+    # first having to learn to find the segment (docs/evaluation.md, "The demo's numbers").
+    region_prefix_features: bool = False
     # Ablations (all on = the paper's model).
     use_texture: bool = True  # 32 texture tokens per region
     use_geometry: bool = True  # 1 geometry (mask) token per region

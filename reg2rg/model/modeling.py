@@ -90,8 +90,10 @@ class VisualEncoder(nn.Module):
 
 
 class Reg2RGModel(nn.Module):
-    def __init__(self, config: Reg2RGConfig, llm: nn.Module, token_ids: dict[str, int], text_vocab_size: int):
-        """llm: the causal LM, already wrapped with peft. token_ids: id of each of SPECIAL_TOKENS."""
+    def __init__(self, config: Reg2RGConfig, llm: nn.Module, token_ids: dict[str, int], text_vocab_size: int,
+                 phrase_ids: list[int] | None = None):
+        """llm: the causal LM, already wrapped with peft. token_ids: id of each of SPECIAL_TOKENS. phrase_ids: the
+        ids of the one-token phrases "The region k is", k = 1..10 (needed by region_prefix_features)."""
         super().__init__()
         self.config = config
         self.llm = llm
@@ -118,6 +120,19 @@ class Reg2RGModel(nn.Module):
         for tok, tid in token_ids.items():
             slot[tid] = _SLOT[tok]
         self.register_buffer("token_slot", slot, persistent=False)
+        if config.region_prefix_features and not phrase_ids:
+            raise ValueError("region_prefix_features needs a tokenizer with one token per 'The region k is' "
+                             "(the tiny tokenizer's): this one splits the phrase")
+        phrase = torch.zeros((size,), dtype=torch.long)  # k for the token of "The region k is", else 0
+        for k, tid in enumerate(phrase_ids or [], start=1):
+            if tid < size:
+                phrase[tid] = k
+        self.register_buffer("phrase_index", phrase, persistent=False)
+        self._prefix_table = None  # [B, K, hidden] while generate runs (region_prefix_features)
+        # region_prefix_features: a learned mark on the last region of a prompt, so that the decoder knows where
+        # its region k text is the report's last (whether "The region k+1 is" or the end follows)
+        self.last_region_embedding = (nn.Parameter(torch.randn(hidden) * float(embed.weight.float().std()))
+                                      if config.region_prefix_features else None)
         self.token_ids = dict(token_ids)
         self.tokenizer = None  # set by build_model / load_trained for convenience
 
@@ -140,10 +155,11 @@ class Reg2RGModel(nn.Module):
     def embed_inputs(self, input_ids: torch.Tensor, global_volume: torch.Tensor | None = None,
                      region_crops: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
                      region_counts=None, global_vit: torch.Tensor | None = None,
-                     texture_vit: torch.Tensor | None = None) -> torch.Tensor:
+                     texture_vit: torch.Tensor | None = None, keep_prefix_table: bool = False) -> torch.Tensor:
         """inputs_embeds [B, L, hidden]: text embeddings, delimiter embeddings, visual tokens at the placeholders.
         global_vit / texture_vit: the frozen ViT's outputs ([B, T, dim] / [R, T, dim], VisualEncoder.vit_features)
-        in place of global_volume / region_crops (cached features: the ViT does not run)."""
+        in place of global_volume / region_crops (cached features: the ViT does not run). keep_prefix_table: keep
+        the region means of region_prefix_features for the tokens generate embeds next."""
         if int(input_ids.max()) >= self.token_slot.numel() or int(input_ids.min()) < 0:
             raise ValueError(f"input_ids hold ids outside [0, {self.token_slot.numel()})")
         slot = self.token_slot[input_ids]
@@ -216,7 +232,40 @@ class Reg2RGModel(nn.Module):
                 embeds = embeds.masked_scatter(where.unsqueeze(-1), feat.reshape(-1, feat.shape[-1]).to(dtype))
         if self.region_index_embeddings is not None:
             embeds = embeds + self._region_index_terms(slot).to(dtype)
+        if cfg.region_prefix_features:
+            table = self._region_means(embeds, slot)
+            embeds = embeds + self._prefix_terms(input_ids, table)
+            if keep_prefix_table:
+                self._prefix_table = table
         return embeds
+
+    def _region_means(self, embeds: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """[B, K, hidden]: the mean of region k's texture and geometry tokens in each prompt, plus
+        last_region_embedding for the prompt's last region (zero for k beyond the prompt's regions), K = 10."""
+        index = torch.cumsum(slot == _SLOT[REGION_START], dim=1)
+        in_region = ((slot == _TEXTURE) | (slot == _GEOMETRY)) & (index > 0)
+        k = len(REGIONS)
+        onehot = torch.nn.functional.one_hot((index - 1).clamp(0, k - 1), k).to(embeds.dtype)
+        onehot = onehot * in_region.unsqueeze(-1).to(embeds.dtype)  # [B, L, K]
+        sums = torch.einsum("blk,blh->bkh", onehot, embeds)
+        counts = onehot.sum(1)  # [B, K] tokens per region
+        n_regions = (counts > 0).sum(1)  # [B]
+        last = torch.nn.functional.one_hot((n_regions - 1).clamp(min=0), k).to(embeds.dtype)
+        last = last * (n_regions > 0).unsqueeze(-1).to(embeds.dtype)
+        return sums / counts.clamp(min=1).unsqueeze(-1) + last.unsqueeze(-1) * self.last_region_embedding.to(embeds.dtype)
+
+    def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """[R, L, hidden]: table[b, k] at every "The region k is" token of row r (b = r // (R / B): generate
+        repeats each prompt's rows for beams), zero elsewhere."""
+        k = self.phrase_index[input_ids.clamp(0, self.phrase_index.numel() - 1)]  # [R, L], 0: no phrase
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device) // (input_ids.shape[0] // table.shape[0])
+        terms = table[rows.unsqueeze(1), (k - 1).clamp(min=0)]
+        return terms * (k > 0).unsqueeze(-1).to(table.dtype)
+
+    def _add_prefix_features(self, module, args, output):
+        """Forward hook on the LLM's input embeddings while generate runs: the tokens generate embeds itself
+        (each new token) get their region's features when they are a "The region k is" phrase."""
+        return output + self._prefix_terms(args[0], self._prefix_table).to(output.dtype)
 
     def _region_index_terms(self, slot: torch.Tensor) -> torch.Tensor:
         """[B, L, hidden]: region k's index embedding at its texture and geometry positions (k counted by the
@@ -278,5 +327,13 @@ class Reg2RGModel(nn.Module):
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         gen_config = GenerationConfig(**kwargs)
-        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
+        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts,
+                                   keep_prefix_table=True)
+        if not self.config.region_prefix_features:
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
+        hook = self.llm.get_input_embeddings().register_forward_hook(self._add_prefix_features)
+        try:
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
+        finally:
+            hook.remove()
+            self._prefix_table = None

@@ -92,6 +92,17 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return {t: vocab[t] for t in SPECIAL_TOKENS}
 
 
+def phrase_token_ids(tokenizer) -> list[int] | None:
+    """Ids of the one-token phrases "The region 1 is" .. "The region 10 is" (the tiny tokenizer's), in index
+    order; None when the tokenizer splits them (Llama-2's)."""
+    from reg2rg.constants import REGIONS
+    from reg2rg.prompt import REGION_INTRO
+
+    vocab = tokenizer.get_vocab()
+    phrases = [REGION_INTRO.format(index=i).strip() for i in range(1, len(REGIONS) + 1)]
+    return [vocab[p] for p in phrases] if all(p in vocab for p in phrases) else None
+
+
 def text_vocab_size(tokenizer) -> int:
     """1 + the largest id that is not one of SPECIAL_TOKENS: the LLM's embedding table must cover this."""
     special = set(SPECIAL_TOKENS)
