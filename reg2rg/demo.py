@@ -93,7 +93,10 @@ HU_TABLE = 150
 NOISE_SD_HU = 14.0
 BLUR_SIGMA_MM = 0.5  # partial volume: a light Gaussian blur before the noise
 
-# Findings the phantom can hold: kind -> (CT-RATE label, region whose text describes it).
+# Findings the phantom can hold: kind -> (CT-RATE label, region whose text describes it). Each is drawn large
+# enough to show at the tiny preset's 64 x 64 x 16 input (about 3 x 2.5 x 10 mm per voxel): nodules 14-30 mm,
+# enlarged nodes 16-26 mm, effusions 18-35 mm deep, pericardial fluid 10-20 mm, hearts 1.3-1.5 x, plaques 4 mm
+# (docs/evaluation.md, "The demo's numbers").
 FINDINGS: dict[str, tuple[str, str]] = {
     "lung_nodule": ("Lung nodule", "lung"),
     "emphysema": ("Emphysema", "lung"),
@@ -107,8 +110,9 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "medical_material": ("Medical material", "mediastinum"),  # region depends on the device (see below)
 }
 FINDING_KINDS: tuple[str, ...] = tuple(FINDINGS)
-PROB_NORMAL_CASE = 0.2
-MAX_FINDINGS_PER_CASE = 3
+# Each finding kind is drawn on its own, so that every kind has about PROB_FINDING x cases examples (the tiny
+# model learns a finding from the scans that show it; the 18 labels are scored over all of them).
+PROB_FINDING = 0.3
 
 # Mask faults (as in RadGenome): regions whose file may be missing or empty; never one holding a finding.
 MASK_FAULT_REGIONS = ("breast", "thyroid", "esophagus", "abdomen")
@@ -520,7 +524,7 @@ def _lymph_node_stations(f: _Frame, an: _Anatomy) -> dict[str, tuple[float, floa
 
 
 def _paint_lymph_nodes(c: _Canvas, an: _Anatomy, enlarged: bool) -> dict | None:
-    """Small normal mediastinal nodes; with lymphadenopathy, one or two enlarged (short axis >= 11 mm)."""
+    """Small normal mediastinal nodes; with lymphadenopathy, one or two enlarged (short axis 16 to 26 mm)."""
     f, rng = c.f, c.rng
     stations = _lymph_node_stations(f, an)
     names = list(stations)
@@ -533,7 +537,7 @@ def _paint_lymph_nodes(c: _Canvas, an: _Anatomy, enlarged: bool) -> dict | None:
     chosen = list(rng.choice(names, size=int(rng.integers(1, 3)), replace=False))
     sizes = []
     for name in chosen:
-        short = float(rng.integers(11, 19))
+        short = float(rng.integers(16, 27))
         node = _ellipsoid(f, stations[name], (short / 2, short / 2 * 1.1, short / 2 * 1.4))
         c.paint(node, HU_LYMPH_NODE, "mediastinum", jitter=5)
         sizes.append(short)
@@ -693,7 +697,7 @@ _CROSS_2D = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbou
 def _paint_pleural_effusion(c: _Canvas, an: _Anatomy, lung_space: dict, side: str) -> dict:
     """Fluid layering in the dependent (posterior) pleural space of one side, deepest at the base."""
     f, rng = c.f, c.rng
-    depth = float(rng.integers(10, 26))
+    depth = float(rng.integers(18, 36))
     top_t = an.dome_t[side] + rng.uniform(0.25, 0.35)
     back = an.cav_v + an.bc * np.sqrt(np.clip(1 - (f.u / an.ac) ** 2, 0, 1))
     taper = np.clip((top_t - f.t) / (top_t - an.dome_t[side] + 1e-6), 0, 1)
@@ -748,7 +752,7 @@ def _paint_nodule(c: _Canvas, an: _Anatomy, lobes: dict, lungs: np.ndarray) -> d
     f, rng = c.f, c.rng
     names = [n for n in lobes if lobes[n].sum() > 50] or list(lobes)
     lobe = str(rng.choice(names))
-    size = float(rng.integers(5, 17))
+    size = float(rng.integers(14, 31))
     idx = _place_in(rng, f, lobes[lobe] & lungs, size / 2 + 1.0)
     if idx is None:
         idx = tuple(s // 2 for s in f.shape)
@@ -769,7 +773,7 @@ def _paint_consolidation(c: _Canvas, an: _Anatomy, lobes: dict, lungs: np.ndarra
     if idx is None:
         idx = tuple(s // 2 for s in f.shape)
     center = f.point_of(idx)
-    semi = (rng.uniform(0.2, 0.3) * an.ac, rng.uniform(0.3, 0.45) * an.bc, rng.uniform(0.08, 0.12) * f.span)
+    semi = (rng.uniform(0.3, 0.4) * an.ac, rng.uniform(0.4, 0.55) * an.bc, rng.uniform(0.12, 0.18) * f.span)
     blob = _ellipsoid(f, center, semi) & region
     c.paint(blob, HU_SOFT_TISSUE - 5, False, jitter=10)
     bronchus = _tube(f, [center, (center[0] + semi[0] * 0.8 * np.sign(center[0]), center[1], center[2])], 1.0)
@@ -788,7 +792,7 @@ def _paint_emphysema(c: _Canvas, an: _Anatomy, lungs: np.ndarray) -> dict:
     if field.shape != f.shape:
         field = np.pad(field, [(0, n - s) for n, s in zip(f.shape, field.shape)], mode="edge")
     upper = f.t > 0.5
-    patches = lungs & upper & (field > 0.55)
+    patches = lungs & upper & (field > 0.45)
     c.paint(patches, HU_EMPHYSEMA, False, jitter=8)
     for _ in range(int(rng.integers(1, 4))):
         idx = _place_in(rng, f, lungs & upper, 3.0, tries=20)
@@ -802,14 +806,14 @@ def _paint_aortic_calcification(c: _Canvas, an: _Anatomy, line: list, below: np.
     """Bright calcified plaques in the aortic wall along the arch and descending aorta."""
     f, rng = c.f, c.rng
     pts = np.asarray(line[1:], dtype=float)
-    n = int(rng.integers(5, 12))
+    n = int(rng.integers(12, 25))
     for _ in range(n):
         seg = int(rng.integers(len(pts) - 1))
         s = rng.uniform(0, 1)
         p = pts[seg] + s * (pts[seg + 1] - pts[seg])
         ang = rng.uniform(0, 2 * np.pi)
         off = np.array([np.cos(ang), np.sin(ang), 0.0]) * an.aorta_r * 0.95
-        speck = _ellipsoid(f, p + off, (1.2, 1.2, 1.6))
+        speck = _ellipsoid(f, p + off, (2.0, 2.0, 3.0))
         c.paint(speck, float(rng.uniform(*HU_CALCIFICATION)), False, jitter=30)
     return {"plaques": n}
 
@@ -823,17 +827,15 @@ def _paint_catheter(c: _Canvas, an: _Anatomy) -> dict:
     tip_w = an.heart_center[2] + 0.5 * an.heart_semi[2]
     line = [(-0.45 * an.ac, an.cav_v - 0.5 * an.bc, f.w1[-1] + 5.0), (svc_u, svc_v, f.w_at(0.85)),
             (svc_u, svc_v, tip_w)]
-    tube = _tube(f, line, 1.2)
+    tube = _tube(f, line, 2.5)
     c.paint(tube, HU_CATHETER, "mediastinum", jitter=60)
     return {"device": "central venous catheter", "region": "mediastinum"}
 
 
 def draw_findings(rng: np.random.Generator) -> list[str]:
-    """A random set of finding kinds for one case (empty for a normal case)."""
-    if rng.random() < PROB_NORMAL_CASE:
-        return []
-    n = int(rng.integers(1, MAX_FINDINGS_PER_CASE + 1))
-    return [str(k) for k in rng.choice(FINDING_KINDS, size=n, replace=False)]
+    """A random set of finding kinds for one case: each kind with probability PROB_FINDING (a case with none
+    is a normal case)."""
+    return [k for k, drawn in zip(FINDING_KINDS, rng.random(len(FINDING_KINDS)) < PROB_FINDING) if drawn]
 
 
 def make_phantom(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
@@ -884,8 +886,8 @@ def make_phantom(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
     _paint_abdomen(c, an, cavity, below)
     space = _lung_space(f, an, cavity, below)
     _paint_lungs(c, an, space)
-    enlarged = float(rng.uniform(1.25, 1.4)) if "cardiomegaly" in kinds else 1.0
-    pe_mm = float(rng.integers(5, 13)) if "pericardial_effusion" in kinds else 0.0
+    enlarged = float(rng.uniform(1.3, 1.5)) if "cardiomegaly" in kinds else 1.0
+    pe_mm = float(rng.integers(10, 21)) if "pericardial_effusion" in kinds else 0.0
     line = _paint_great_vessels(c, an, below)  # the heart then covers the root of the aorta
     _paint_heart(c, an, enlarged, pe_mm)
     nodes = _paint_lymph_nodes(c, an, "lymphadenopathy" in kinds)
@@ -1536,7 +1538,7 @@ def write_sat_standin(out_dir: str | Path, case_id: str, masks: dict[str, np.nda
 
 def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: int = 0,
                       test_fraction: float = 0.25, shape: Sequence[int] | None = None,
-                      sat_standin: bool = True) -> dict:
+                      sat_standin: bool = True, workers: int = 1) -> dict:
     """Write a synthetic data set in the RadGenome-ChestCT ('radgenome') or CTRG-Chest-548K ('ctrg') layout
     (see the module docstring) and return its summary:
 
@@ -1547,7 +1549,12 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
       they are not written to demo_summary.json).
 
     ctrg with `sat_standin`: also `{out}/sat_standin/`, SAT-format outputs made from the true masks in place
-    of a SAT run (see write_sat_standin)."""
+    of a SAT run (see write_sat_standin).
+
+    workers: processes that draw the cases (each case has its own random streams, so the data set is the same
+    for any number); the files are written in case order by this process."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -1567,8 +1574,9 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
     annotation: dict[str, list] = {s: [] for s in split_names}
     ctrg_labels: list = []
     log.info("writing %d synthetic %s cases (seed %d) to %s", cases, layout, seed, out)
-    for plan in tqdm(plans, desc=f"demo {layout}", unit="scan", disable=None):
-        case = render_case(plan, seed)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    rendered = pool.map(render_case, plans, [seed] * len(plans)) if pool else (render_case(p, seed) for p in plans)
+    for plan, case in tqdm(zip(plans, rendered), total=len(plans), desc=f"demo {layout}", unit="scan", disable=None):
         if layout == "radgenome":
             _write_radgenome_case(out, case, report_rows, label_rows)
         else:
@@ -1586,6 +1594,8 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
             summary["regions_without_text"][plan.case_id] = no_text
         summary["geometry"][plan.case_id] = case.geometry.to_dict()
 
+    if pool:
+        pool.shutdown()
     header_labels = list(ABNORMALITY_LABELS)
     if layout == "radgenome":
         for split in split_names:

@@ -71,7 +71,8 @@ def _mask(out: Path, case_id: str, region: str) -> Path:
 def test_same_seed_gives_byte_identical_files(tmp_path):
     for layout in demo.LAYOUTS:
         a = demo.make_demo_dataset(layout, tmp_path / f"{layout}_a", cases=3, seed=11, shape=(64, 56, 16))
-        b = demo.make_demo_dataset(layout, tmp_path / f"{layout}_b", cases=3, seed=11, shape=(64, 56, 16))
+        # drawn by two processes: the same files
+        b = demo.make_demo_dataset(layout, tmp_path / f"{layout}_b", cases=3, seed=11, shape=(64, 56, 16), workers=2)
         assert a == b
         fa, fb = _files(tmp_path / f"{layout}_a"), _files(tmp_path / f"{layout}_b")
         assert fa.keys() == fb.keys() and len(fa) > 5

@@ -7,6 +7,7 @@ rule demo_data:
     params:
         layout=lambda wc: dataset_config(wc.dataset)["layout"],
         generate=lambda wc: dataset_config(wc.dataset)["generate"],
+    threads: 2  # processes drawing the phantoms (the data set does not depend on it)
     conda:
         "../../envs/core.yaml"
     log:

@@ -13,4 +13,5 @@ make_demo_dataset(
     seed=gen["seed"],
     test_fraction=gen.get("test_fraction", 0.25),
     shape=gen.get("shape"),
+    workers=snakemake.threads,
 )
