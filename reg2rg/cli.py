@@ -155,6 +155,9 @@ def _add_generate(sub):
     p.add_argument("--limit", type=int, help="only the first N scans")
     p.add_argument("--batch-size", type=int, help="scans per generate call (default 4)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers reading the cache (default 0)")
+    p.add_argument("--decoding", choices=["greedy", "authors"],
+                   help="named decoding settings (default greedy; authors: the Reg2RG authors' sampling, "
+                        "temperature 0.6, top-p 0.9, top-k 30, 500 new tokens); the options below override them")
     _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="seed of sampling and of --shuffle-regions (default 0)")
     p.add_argument("--shuffle-regions", action=argparse.BooleanOptionalAction, default=None,

@@ -76,11 +76,7 @@ rule ablation_evaluate:
         meta=lambda wc: {
             "dataset": wc.dataset,
             "model_preset": f"{model_preset_name(wc.dataset)}+ablation:{wc.ablation}",
-            "decoding": {
-                k: v
-                for k, v in config.get("generation", {}).items()
-                if k not in ("resources", "batch_size", "num_workers")
-            },
+            "decoding": generation_decoding(),
         },
     threads: 1
     resources:
