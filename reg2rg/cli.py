@@ -23,6 +23,9 @@ def _add_labeler_options(p):
     p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
     p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
     p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    p.add_argument("--radbert-lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="radbert: lower-case the text first (default: on; --no-radbert-lowercase feeds it cased, "
+                        "as the authors' evaluation did)")
 
 
 def _add_decoding_options(p):

@@ -73,6 +73,7 @@ rule ablation_evaluate:
         labeler=config.get("evaluation", {}).get("labeler", "rules"),
         radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
         radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
+        radbert_lowercase=config.get("evaluation", {}).get("radbert_lowercase", True),
         meta=lambda wc: {
             "dataset": wc.dataset,
             "model_preset": f"{model_preset_name(wc.dataset)}+ablation:{wc.ablation}",
