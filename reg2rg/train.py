@@ -822,9 +822,9 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                             start=start_step * accumulation, stop=steps * accumulation)
     source = dataset
     if training.cache_vit_features:
-        if unwrapped.visual is None or not model_config.freeze_vit:
-            raise ConfigError("training.cache_vit_features needs a frozen ViT (freeze_vit) and global or texture "
-                              "inputs")
+        if unwrapped.visual is None or not model_config.freeze_vit or model_config.frozen_vit_train_mode:
+            raise ConfigError("training.cache_vit_features needs a frozen ViT in eval mode (freeze_vit on, "
+                              "frozen_vit_train_mode off) and global or texture inputs")
         folder = work / VIT_FEATURES_DIR
         t0 = time.perf_counter()
         done = cache_vit_features(unwrapped.visual, dataset, folder, device=accelerator.device, rank=rank,
