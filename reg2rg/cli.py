@@ -185,7 +185,17 @@ def _add_report(sub):
     p.set_defaults(run=_call("reg2rg.report:cli"))
 
 
-COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate, _add_report]
+def _add_check_weights(sub):
+    p = sub.add_parser("check-weights", help="check the pretrained files a model preset names (keys, shapes) "
+                                             "against the model code, before submitting a job")
+    p.add_argument("config", help="the workflow config (config/config.yaml)")
+    p.add_argument("--preset", help="model preset to check (default: the data set's model_preset)")
+    p.add_argument("--dataset", help="data set whose model_preset to check (default: default_dataset)")
+    p.set_defaults(run=_call("reg2rg.weights:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate,
+            _add_report, _add_check_weights]
 
 
 def build_parser() -> argparse.ArgumentParser:
