@@ -146,7 +146,7 @@ def tiny_radbert(tmp_path_factory):
     older transformers saved)."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
     d = tmp_path_factory.mktemp("radbert")
     bpe = ByteLevelBPETokenizer()
@@ -154,7 +154,10 @@ def tiny_radbert(tmp_path_factory):
     bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(d))
-    tok = RobertaTokenizerFast(str(d / "vocab.json"), str(d / "merges.txt"))
+    # A folder as RadBERT-RoBERTa-4m's: vocab.json and merges.txt, read through AutoTokenizer (the labeler's way,
+    # and one that works from the transformers floor up; RobertaTokenizerFast(vocab_file, merges_file) does not).
+    (d / "tokenizer_config.json").write_text('{"tokenizer_class": "RobertaTokenizer"}')
+    tok = AutoTokenizer.from_pretrained(str(d))
     tok.save_pretrained(str(d))
     torch.manual_seed(0)
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
