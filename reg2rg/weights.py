@@ -40,6 +40,11 @@ class FileCheck:
         return not self.problems
 
 
+def _problem(err: InputError, path) -> str:
+    """The error's text without its file name when that is the file the check names already."""
+    return err.problem if err.path == str(path) else str(err)
+
+
 # -- the LLM folder ----------------------------------------------------------------------------------------------
 def _folder_shapes(folder: Path) -> dict[str, tuple]:
     """Tensor name -> shape of every weight file of a Hugging Face folder, read from the file headers."""
@@ -97,7 +102,7 @@ def check_llm(config, folder) -> FileCheck:
     try:
         found = _folder_shapes(folder)
     except InputError as err:
-        check.problems.append(str(err))
+        check.problems.append(_problem(err, check.path))
         return check
     check.tensors = len(found)
     check.problems += shape_problems(expected, found, optional=optional)
@@ -147,7 +152,7 @@ def check_radfm_vit(config, path) -> FileCheck:
     try:
         state = vit_state(path)
     except InputError as err:
-        check.problems.append(str(err))
+        check.problems.append(_problem(err, check.path))
         return check
     check.tensors = len(state)
     problem = mapping_problems(vit.state_dict(), state, vit_key_map(len(vit.blocks)), "ViT")
@@ -164,7 +169,7 @@ def check_radfm_perceiver(config, path) -> FileCheck:
     try:
         sub, fc_state = perceiver_state(path)
     except InputError as err:
-        check.problems.append(str(err))
+        check.problems.append(_problem(err, check.path))
         return check
     check.tensors = len(sub) + len(fc_state or {})
     problem = mapping_problems(perceiver.state_dict(), sub, perceiver_key_map(len(perceiver.layers)), "Perceiver")

@@ -98,3 +98,12 @@ def test_check_weights_missing_files_and_random_presets(tmp_path):
     assert problems["LLM (llm.path)"] == ["not a Hugging Face model folder (no config.json)"]
     assert "RadFM checkpoint not found" in problems["RadFM ViT (vision_checkpoint)"][0]
     assert check_weights(REPO / "config" / "config.yaml", preset="tiny") == []  # random init: nothing to read
+
+
+def test_check_weights_tokenizer_problem(weights, tmp_path):
+    """A tokenizer folder that does not load is named (the LLM folder itself fits)."""
+    cfg = yaml.safe_load(weights.read_text())
+    cfg["presets"]["paper"]["tokenizer_path"] = "models/no_tokenizer"
+    weights.write_text(yaml.safe_dump(cfg))
+    problems = _problems(check_weights(weights, preset="paper", base_dir=tmp_path))
+    assert list(problems) == ["tokenizer"] and "tokenizer folder not found" in problems["tokenizer"][0]
