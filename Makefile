@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP = $(VENV)/bin/pip
 
-.PHONY: install demo test
+.PHONY: install demo test test-floor
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,9 @@ demo: install
 # it; worksteal hands a finished worker the other's queued tests (tests/conftest.py sets the order).
 test: install
 	$(VENV)/bin/pytest -n 2 --dist worksteal
+
+# The dependency floor: a second venv (/tmp/reg2rg-floor) with the lowest transformers, tokenizers, peft, accelerate
+# and safetensors that pyproject.toml accepts, then the model-side tests in it (about 15 min on the 2-core machine;
+# not part of `make test` or CI).
+test-floor:
+	bash scripts/lower_bounds.sh

@@ -23,6 +23,9 @@ def _add_labeler_options(p):
     p.add_argument("--labeler", choices=["rules", "radbert"], default="rules")
     p.add_argument("--checkpoint", help="radbert: RadBertClassifier.pth state dict")
     p.add_argument("--radbert", help="radbert: local RadBERT-RoBERTa-4m folder")
+    p.add_argument("--radbert-lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="radbert: lower-case the text first (default: on; --no-radbert-lowercase feeds it cased, "
+                        "as the authors' evaluation did)")
 
 
 def _add_decoding_options(p):
@@ -186,6 +189,9 @@ def _add_generate(sub):
     p.add_argument("--limit", type=int, help="only the first N scans")
     p.add_argument("--batch-size", type=int, help="scans per generate call (default 4)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers reading the cache (default 0)")
+    p.add_argument("--decoding", choices=["greedy", "authors"],
+                   help="named decoding settings (default greedy; authors: the Reg2RG authors' sampling, "
+                        "temperature 0.6, top-p 0.9, top-k 30, 500 new tokens); the options below override them")
     _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="seed of sampling and of --shuffle-regions (default 0)")
     p.add_argument("--shuffle-regions", action=argparse.BooleanOptionalAction, default=None,
@@ -213,7 +219,17 @@ def _add_report(sub):
     _paths(p, reads=["--model", "--ct", "--masks", "--sat-config"], writes=["--out", "--html"])
 
 
-COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate, _add_report]
+def _add_check_weights(sub):
+    p = sub.add_parser("check-weights", help="check the pretrained files a model preset names (keys, shapes) "
+                                             "against the model code, before submitting a job")
+    p.add_argument("config", help="the workflow config (config/config.yaml)")
+    p.add_argument("--preset", help="model preset to check (default: the data set's model_preset)")
+    p.add_argument("--dataset", help="data set whose model_preset to check (default: default_dataset)")
+    p.set_defaults(run=_call("reg2rg.weights:cli"))
+
+
+COMMANDS = [_add_demo_data, _add_ingest, _add_bench, _add_label, _add_evaluate, _add_split_reports, _add_generate,
+            _add_report, _add_check_weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

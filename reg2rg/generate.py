@@ -4,7 +4,10 @@ Every included scan of the manifest is read from the cache stage's files (`reg2r
 mode: every region whose mask has a voxel in the body, with or without a text), prompted with its regions in
 REGIONS order (or a seeded random order per scan with `shuffle_regions`), and decoded in batches: prompts
 left-padded, the KV cache on. Decoding is exactly the settings given (`GenerationSettings`, greedy by
-default); nothing is read from a generation_config.json beside the LLM.
+default); nothing is read from a generation_config.json beside the LLM. `decoding:` names a preset of decoding
+settings (DECODING_PRESETS: `greedy`, the default, and `authors`, the Reg2RG authors' sampling) that the other
+keys given beside it override. Sampling is seeded (`seed`, recorded in `decoding` with the preset's name), so a
+sampled run repeats on the same machine and software.
 
 Output (Parquet, one row per scan):
     case_id          str
@@ -39,11 +42,25 @@ COLUMNS = ("case_id", "reference", "prediction", "regions", "region_areas", "n_r
 # Settings that are not decoding parameters (they do not change a greedy output).
 _NOT_DECODING = ("batch_size", "num_workers", "resources")
 
+# Named decoding settings (`generation.decoding`, `--decoding`). `greedy` is the default: the argmax at every
+# step, the same text on every run. `authors`: what the Reg2RG authors' test script did, sampling with
+# temperature 0.6 and top-p 0.9 (the values of Llama-2-7b-chat-hf's generation_config.json, which their
+# `generate` call inherited), top-k 30 and at most 500 new tokens; for reproducing their numbers. Sampled text
+# depends on `seed`.
+DECODING_PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+               "max_new_tokens": 512},
+    "authors": {"do_sample": True, "num_beams": 1, "temperature": 0.6, "top_k": 30, "top_p": 0.9,
+                "max_new_tokens": 500},
+}
+
 
 @dataclass
 class GenerationSettings:
-    """The `generation:` section of config/config.yaml."""
+    """The `generation:` section of config/config.yaml. Build it with `from_dict` to apply a `decoding` preset;
+    the dataclass defaults are the `greedy` preset's."""
 
+    decoding_preset: str = "greedy"  # the name given as `decoding:` (DECODING_PRESETS), recorded
     batch_size: int = 4
     max_new_tokens: int = 512
     do_sample: bool = False
@@ -60,6 +77,9 @@ class GenerationSettings:
     resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow
 
     def __post_init__(self):
+        if self.decoding_preset not in DECODING_PRESETS:
+            raise ConfigError(f"generation.decoding: {self.decoding_preset!r} is not one of "
+                              f"{', '.join(DECODING_PRESETS)}")
         for name in ("batch_size", "max_new_tokens", "num_beams"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"generation.{name}: must be at least 1, got {getattr(self, name)!r}")
@@ -82,12 +102,18 @@ class GenerationSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, **overrides) -> "GenerationSettings":
+        """Settings from a `generation:` mapping and overrides (None: unset). `decoding` (in either) names a
+        preset whose values come first; every other key given, in the mapping or the overrides, overrides it."""
         data = {**dict(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        names = {f.name for f in dataclasses.fields(cls)}
+        preset = data.pop("decoding", None) or "greedy"
+        if preset not in DECODING_PRESETS:
+            raise ConfigError(f"generation.decoding: {preset!r} is not one of {', '.join(DECODING_PRESETS)}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"decoding_preset"}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"generation: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+            raise ConfigError(f"generation: unknown key(s) {', '.join(unknown)}; known: decoding, "
+                              f"{', '.join(sorted(names))}")
+        return cls(**{**DECODING_PRESETS[preset], **data, "decoding_preset": preset})
 
 
 def reference_text(item: dict, config) -> str:
@@ -233,7 +259,7 @@ def generate(model_dir, manifest, out, *, cache=None, settings: GenerationSettin
 
 def cli(args) -> int:
     """`reg2rg generate` (arguments: reg2rg.cli._add_generate)."""
-    overrides = {k: getattr(args, k, None) for k in ("batch_size", "max_new_tokens", "do_sample", "num_beams",
+    overrides = {k: getattr(args, k, None) for k in ("decoding", "batch_size", "max_new_tokens", "do_sample", "num_beams",
                                                      "temperature", "top_k", "top_p", "repetition_penalty",
                                                      "seed", "shuffle_regions", "num_workers")}
     settings = GenerationSettings.from_dict(None, **overrides)

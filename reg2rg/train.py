@@ -94,6 +94,10 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     num_workers: int = 4
+    # Batches each DataLoader worker loads ahead (torch's prefetch_factor). Every loaded batch waits in shared
+    # memory (/dev/shm): num_workers x prefetch_factor x per_device_batch_size samples per process, about 350 MB
+    # each at the paper's size; training stops at the start when /dev/shm has less (check_shared_memory).
+    prefetch_factor: int = 2
     # Keep loaded scans in memory (per DataLoader worker) up to this many MB: for small data sets such as the
     # demo, whose every epoch would otherwise resize the same scans again. 0: off.
     memory_cache_mb: int = 0
@@ -109,7 +113,8 @@ class TrainingConfig:
 
     def __post_init__(self):
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
-        for name in ("epochs", "per_device_batch_size", "effective_batch_size", "checkpoint_every", "log_every"):
+        for name in ("epochs", "per_device_batch_size", "effective_batch_size", "checkpoint_every", "log_every",
+                     "prefetch_factor"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"training.{name}: must be at least 1, got {getattr(self, name)!r}")
         if self.max_steps is not None and int(self.max_steps) < 1:
@@ -543,6 +548,58 @@ def latest_checkpoint(work_dir) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+SHM_PATH = "/dev/shm"
+
+
+def sample_bytes(model_config, training: TrainingConfig, regions: int = len(REGIONS)) -> int:
+    """Bytes of one training sample's tensors as a DataLoader worker hands them over (float32 volumes at the
+    model's input size: the global volume, `regions` texture crops, `regions` masks; with cache_vit_features
+    the fp16 ViT features instead of the global and texture volumes)."""
+    volume = 4 * math.prod(model_config.input_size)
+    images = int(model_config.use_global) + (regions if model_config.use_texture else 0)
+    if training.cache_vit_features:
+        grid = math.prod(s // p for s, p in zip(model_config.input_size, model_config.vit.patch_size))
+        per_image = 2 * grid * model_config.vit.dim
+    else:
+        per_image = volume
+    return images * per_image + (regions * volume if model_config.use_geometry else 0)
+
+
+def shared_memory_needed(model_config, training: TrainingConfig, processes: int = 1) -> int:
+    """Bytes of /dev/shm the training loaders of `processes` processes on one node hold at most: each worker's
+    prefetched batches (0 without workers: the main process loads, nothing is shared)."""
+    if training.num_workers == 0:
+        return 0
+    return (processes * training.num_workers * training.prefetch_factor * training.per_device_batch_size
+            * sample_bytes(model_config, training))
+
+
+def check_shared_memory(model_config, training: TrainingConfig, processes: int = 1, *,
+                        free_bytes: int | None = None, path=SHM_PATH) -> int:
+    """ConfigError when the loaders would need more shared memory than `path` has free (`free_bytes`: that free
+    space, else read from the file system); returns the bytes needed. A missing `path` (not Linux) is no check."""
+    need = shared_memory_needed(model_config, training, processes)
+    if need == 0:
+        return 0
+    if free_bytes is None:
+        if not Path(path).is_dir():
+            log.warning("%s not found: shared memory for the loader workers not checked", path)
+            return need
+        free_bytes = shutil.disk_usage(path).free
+    gb = 1e9
+    log.info("loader shared memory: %.1f GB needed, %.1f GB free in %s", need / gb, free_bytes / gb, path)
+    if need > free_bytes:
+        per = sample_bytes(model_config, training) / 1e6
+        raise ConfigError(
+            f"{path}: {free_bytes / gb:.1f} GB free, but the training loaders need up to {need / gb:.1f} GB of "
+            f"shared memory ({processes} process(es) x num_workers {training.num_workers} x prefetch_factor "
+            f"{training.prefetch_factor} x per_device_batch_size {training.per_device_batch_size} x {per:.0f} MB "
+            "per sample); they would fail with a bus error mid-run. Give the job more shared memory (docker/podman "
+            "--shm-size, a larger /dev/shm tmpfs on the node) or lower training.num_workers or "
+            "training.prefetch_factor")
+    return need
+
+
 def _fingerprint(model_config, training: TrainingConfig, case_ids: list[str], tokenizer, processes: int) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     return _sha256_json({
@@ -788,6 +845,8 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     if n == 0:
         raise InputError(getattr(dataset, "cache_dir", "dataset"), "no training scan with a usable region")
     steps = total_steps(training, n, processes, accumulation)
+    # Before the model is built (minutes for the 7B): the loaders' shared memory, for this node's processes.
+    check_shared_memory(model_config, training, int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
     fingerprint = _fingerprint(model_config, training, _case_ids(dataset), tokenizer, processes)
     _prepare_work_dir(work, fingerprint, is_main)
     accelerator.wait_for_everyone()
@@ -830,9 +889,9 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                             start=start_step * accumulation, stop=steps * accumulation)
     source = dataset
     if training.cache_vit_features:
-        if unwrapped.visual is None or not model_config.freeze_vit:
-            raise ConfigError("training.cache_vit_features needs a frozen ViT (freeze_vit) and global or texture "
-                              "inputs")
+        if unwrapped.visual is None or not model_config.freeze_vit or model_config.frozen_vit_train_mode:
+            raise ConfigError("training.cache_vit_features needs a frozen ViT in eval mode (freeze_vit on, "
+                              "frozen_vit_train_mode off) and global or texture inputs")
         folder = work / VIT_FEATURES_DIR
         t0 = time.perf_counter()
         done = cache_vit_features(unwrapped.visual, dataset, folder, device=accelerator.device, rank=rank,
@@ -845,6 +904,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     loader = torch.utils.data.DataLoader(
         _Keyed(source), batch_sampler=sampler, collate_fn=TrainCollate(tokenizer, model_config, training.seed, rank),
         num_workers=training.num_workers, generator=torch.Generator().manual_seed(training.seed),
+        prefetch_factor=training.prefetch_factor if training.num_workers else None,
         persistent_workers=False, pin_memory=torch.cuda.is_available())
     samples_per_step = training.per_device_batch_size * accumulation * processes
     bar = tqdm(total=steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="train",

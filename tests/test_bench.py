@@ -127,6 +127,19 @@ def test_gpu_train_step_runs_tiny_on_the_cpu(tmp_path):
     assert all(v["samples_per_s"] > 0 for v in r["runs"].values())
 
 
+def test_gpu_train_step_builds_once_in_the_target_dtype(tmp_path):
+    """The benchmark's model is created in bf16 on its device (no fp32 copy first)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_train_step
+    finally:
+        sys.path.pop(0)
+    tokenizer, config = gpu_train_step.build(True, tmp_path / "tok", 300)
+    model = gpu_train_step.build_on("cpu", torch.bfloat16, config, tokenizer)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
+
+
 def test_geometry_only_items_match_the_full_items(tmp_path):
     import pandas as pd
 

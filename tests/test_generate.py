@@ -224,3 +224,72 @@ def test_demo_workflow_trains_and_generates(tmp_path):
     assert (model / "run_config.json").is_file()
     assert "resumed from" in (tmp_path / "results/demo/logs/train.log").read_text()
     assert "rule train" in log
+
+
+def _random_tiny_model_and_items(tmp_path, n=3):
+    """A randomly initialised tiny model (no training) and n cache-like items: sampling from it is near uniform,
+    so two seeds give different texts."""
+    from reg2rg.model import build_model, load_preset, load_tokenizer, train_tiny_tokenizer
+
+    texts = ["No pleural effusion.", "Heart size is normal.", "A 6 mm nodule in the right upper lobe."] * 5
+    train_tiny_tokenizer(texts, 300, tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    cfg = load_preset("tiny", input_size=[32, 32, 8], vit={"patch_size": [16, 16, 4]},
+                      mask_encoder={"patch_size": [16, 16, 8]}, perceiver={"num_latents": 4},
+                      llm={"sizes": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                     "num_key_value_heads": 4, "intermediate_size": 64,
+                                     "max_position_embeddings": 1024}})
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, y, z = cfg.input_size
+    items = [{"case_id": f"case_{i}", "global": torch.rand(1, z, y, x, generator=gen),
+              "texture": torch.rand(2, 1, z, y, x, generator=gen),
+              "geometry": (torch.rand(2, 1, z, y, x, generator=gen) > 0.5).float(),
+              "regions": [5, 4], "region_texts": ["Clear lungs.", "Normal heart."], "report": None}
+             for i in range(n)]
+    return model, items
+
+
+def test_authors_decoding_preset_and_seeded_sampling(tmp_path):
+    from reg2rg.generate import DECODING_PRESETS
+
+    default = GenerationSettings.from_dict({})
+    assert (default.decoding_preset, default.do_sample, default.num_beams) == ("greedy", False, 1)
+    authors = GenerationSettings.from_dict({"decoding": "authors", "seed": 5})
+    assert (authors.do_sample, authors.temperature, authors.top_p, authors.top_k, authors.max_new_tokens) == \
+        (True, 0.6, 0.9, 30, 500)
+    assert DECODING_PRESETS["authors"]["max_new_tokens"] == 500
+    # Keys given beside the preset override it, in the mapping and as CLI overrides.
+    assert GenerationSettings.from_dict({"decoding": "authors", "top_k": 5}, max_new_tokens=8).top_k == 5
+    assert GenerationSettings.from_dict({"decoding": "authors"}, max_new_tokens=8).max_new_tokens == 8
+    with pytest.raises(Exception, match="generation.decoding: 'nucleus'"):
+        GenerationSettings.from_dict({"decoding": "nucleus"})
+
+    model, items = _random_tiny_model_and_items(tmp_path)
+
+    def run(seed):
+        settings = GenerationSettings.from_dict({"decoding": "authors", "seed": seed, "batch_size": 2},
+                                                max_new_tokens=12)
+        return generate_predictions(model, items, settings, progress=False)
+
+    first, again, other = run(7), run(7), run(8)
+    assert first["prediction"].tolist() == again["prediction"].tolist()  # same seed: the same samples
+    assert first["prediction"].tolist() != other["prediction"].tolist()  # another seed: other samples
+    decoding = json.loads(first["decoding"].iloc[0])
+    assert decoding["decoding_preset"] == "authors" and decoding["seed"] == 7 and decoding["do_sample"] is True
+    assert json.loads(other["decoding"].iloc[0])["seed"] == 8
+    # Greedy does not depend on the seed.
+    greedy = [generate_predictions(model, items, GenerationSettings.from_dict({"seed": s}, max_new_tokens=12),
+                                   progress=False)["prediction"].tolist() for s in (7, 8)]
+    assert greedy[0] == greedy[1]
+
+
+def test_cli_decoding_option(tmp_path):
+    from reg2rg.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--model", "m", "--manifest", "x", "--out", "o",
+                                      "--decoding", "authors", "--top-k", "10"])
+    overrides = {k: getattr(args, k) for k in ("decoding", "top_k", "temperature")}
+    settings = GenerationSettings.from_dict(None, **overrides)
+    assert (settings.decoding_preset, settings.top_k, settings.temperature) == ("authors", 10, 0.6)

@@ -146,7 +146,7 @@ def tiny_radbert(tmp_path_factory):
     older transformers saved)."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
     d = tmp_path_factory.mktemp("radbert")
     bpe = ByteLevelBPETokenizer()
@@ -154,7 +154,10 @@ def tiny_radbert(tmp_path_factory):
     bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(d))
-    tok = RobertaTokenizerFast(str(d / "vocab.json"), str(d / "merges.txt"))
+    # A folder as RadBERT-RoBERTa-4m's: vocab.json and merges.txt, read through AutoTokenizer (the labeler's way,
+    # and one that works from the transformers floor up; RobertaTokenizerFast(vocab_file, merges_file) does not).
+    (d / "tokenizer_config.json").write_text('{"tokenizer_class": "RobertaTokenizer"}')
+    tok = AutoTokenizer.from_pretrained(str(d))
     tok.save_pretrained(str(d))
     torch.manual_seed(0)
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -234,3 +237,27 @@ def test_label_cli_radbert(tiny_radbert, tmp_path):
     df = pd.read_csv(out)
     expect = L.RadBertLabeler(ckpt, d).label(["Emphysema.", "Pleural effusion."])
     assert np.array_equal(df[list(ABNORMALITY_LABELS)].to_numpy(), expect)
+
+
+def test_radbert_lowercase_switch(tiny_radbert, tmp_path):
+    """Lower-casing is the default; off, the text goes in cased (the authors' evaluation), through get_labeler, the
+    CLI and the labeler's record."""
+    import torch
+
+    d, ckpt, tok, enc, head = tiny_radbert
+    cased = L.get_labeler("radbert", str(ckpt), str(d), lowercase=False)
+    assert cased.lowercase is False and cased.describe()["lowercase"] is False
+    assert L.get_labeler("radbert", str(ckpt), str(d)).lowercase is True
+    text = "Bilateral PLEURAL Effusion."
+    assert tok(text)["input_ids"] != tok(text.lower())["input_ids"]  # a cased vocabulary: case reaches the model
+    with torch.no_grad():
+        e = tok(text, return_tensors="pt")
+        expect = torch.sigmoid(head(enc(**e).pooler_output))[0].numpy()
+    assert np.allclose(cased.probabilities([text])[0], expect, atol=1e-5)
+    from reg2rg.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--predictions", "p", "--out", "o", "--labeler", "radbert",
+                                      "--no-radbert-lowercase"])
+    assert args.radbert_lowercase is False
+    assert build_parser().parse_args(["label", "--input", "i", "--text-column", "t", "--output", "o"]
+                                     ).radbert_lowercase is None

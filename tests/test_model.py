@@ -430,6 +430,7 @@ def test_radfm_key_mapping(tmp_path):
     vit, perc, fc = ViT3D(cfg.vit, cfg.input_size), PerceiverResampler(cfg.vit.dim, cfg.perceiver), nn.Linear(cfg.vit.dim, 16)
     load_radfm_vit(vit, tmp_path / "RadFM_vit3d.pth")
     load_radfm_perceiver(perc, tmp_path / "RadFM_perceiver_fc.pth", fc=fc)
+    vit.eval()  # as the frozen ViT runs (the paper preset has RadFM's dropout 0.1, active in train mode only)
     x = torch.randn(2, 3, *cfg.input_size)
     with torch.no_grad():
         tokens = vit(x)
@@ -698,3 +699,45 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
         from reg2rg.model.tokenizer import special_token_ids, text_vocab_size
 
         Reg2RGModel(cfg, model.llm, special_token_ids(tok), text_vocab_size(tok), None)
+
+
+def test_authors_dropout_options(tok):
+    """Dropout is off by default; the paper preset has the authors' 0.1 in the mask encoder (which trains) and in
+    the ViT, whose dropout stays inactive while it is frozen unless frozen_vit_train_mode (the authors' fault)."""
+    from reg2rg.model.config import ViTConfig, _default_mask_encoder
+
+    assert (ViTConfig().dropout, ViTConfig().emb_dropout, _default_mask_encoder().dropout) == (0.0, 0.0, 0.0)
+    assert Reg2RGConfig.__dataclass_fields__["frozen_vit_train_mode"].default is False
+    paper = load_preset("paper")
+    assert (paper.mask_encoder.dropout, paper.mask_encoder.emb_dropout, paper.vit.dropout) == (0.1, 0.1, 0.1)
+    assert paper.frozen_vit_train_mode is False
+    assert load_preset("tiny").mask_encoder.dropout == 0.0
+    with pytest.raises(ConfigError, match="dropout"):
+        tiny_config(mask_encoder={"dropout": 1.5})
+    with pytest.raises(ConfigError, match="frozen_vit_train_mode"):
+        tiny_config(freeze_vit=False, frozen_vit_train_mode=True)
+
+    drop = {"dropout": 0.1, "emb_dropout": 0.1}
+    cfg = tiny_config(freeze_vit=True, vit=drop, mask_encoder={**SMALL["mask_encoder"], **drop})
+    model = build_model(cfg, tok).train()
+    vol = torch.randn(2, 1, *cfg.input_size)
+    mask = (torch.rand(2, 1, *cfg.input_size) > 0.5).float()
+    # Ours: the frozen ViT stays in eval mode in a training model; its features are fixed (and cacheable).
+    assert not model.visual.vit.training
+    assert torch.equal(model.visual.vit(vol), model.visual.vit(vol))
+    model.visual.vit_features(vol)
+    # The mask encoder trains with its dropout: two passes differ in train mode, not in eval mode.
+    assert not torch.equal(model.mask_encoder(mask), model.mask_encoder(mask))
+    model.eval()
+    assert torch.equal(model.mask_encoder(mask), model.mask_encoder(mask))
+
+    authors = build_model(cfg.replace(frozen_vit_train_mode=True), tok).train()
+    assert authors.visual.vit.training and not any(p.requires_grad for p in authors.visual.vit.parameters())
+    with torch.no_grad():
+        assert not torch.equal(authors.visual.vit(vol), authors.visual.vit(vol))
+    with pytest.raises(ValueError, match="frozen_vit_train_mode"):
+        authors.visual.vit_features(vol)
+    authors.eval()
+    assert torch.equal(authors.visual.vit(vol), authors.visual.vit(vol))
+    # Dropout has no weights: the state dict (and so RadFM's key map) is the same with and without it.
+    assert list(authors.state_dict()) == list(build_model(tiny_config(freeze_vit=True), tok).state_dict())

@@ -5,6 +5,7 @@ its own texture pattern and mask position, so a model can only name a region's a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -321,3 +322,31 @@ def test_zero2_on_two_cpu_processes_forms_one_group(tok, tmp_path):
     run = json.loads((tmp_path / "run/model/run_config.json").read_text())
     assert run["processes"] == 2 and run["gradient_accumulation"] == 2 and run["effective_batch_size"] == 4
     load_trained(tmp_path / "run/model")
+
+
+def test_shared_memory_is_sized_from_the_settings_and_checked():
+    """8 workers x prefetch 2 x ~352 MB per sample at the paper's size: a container's 64 MB /dev/shm fails at the
+    start with the numbers named; enough free space passes; without workers nothing is shared."""
+    import yaml
+
+    from reg2rg.model import load_preset
+    from reg2rg.train import TrainingConfig, check_shared_memory, sample_bytes, shared_memory_needed
+
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    paper, training = load_preset("paper"), TrainingConfig(**settings["training"]["paper"])
+    assert sample_bytes(paper, training) == 21 * 4 * 256 * 256 * 64  # global + 10 crops + 10 masks, float32
+    assert shared_memory_needed(paper, training, processes=2) == 2 * 8 * 2 * 1 * 21 * 4 * 256 * 256 * 64
+    with pytest.raises(ConfigError) as err:
+        check_shared_memory(paper, training, 2, free_bytes=64 * 2**20)
+    msg = str(err.value)
+    assert "/dev/shm: 0.1 GB free" in msg and "11.3 GB" in msg and "num_workers 8" in msg
+    assert "prefetch_factor 2" in msg and "352 MB per sample" in msg and "--shm-size" in msg
+    assert check_shared_memory(paper, training, 2, free_bytes=12 * 10**9) == shared_memory_needed(paper, training, 2)
+    fewer = dataclasses.replace(training, num_workers=2, prefetch_factor=1)
+    assert check_shared_memory(paper, fewer, 2, free_bytes=2 * 10**9) == 4 * 21 * 4 * 256 * 256 * 64
+    assert check_shared_memory(paper, dataclasses.replace(training, num_workers=0), 2, free_bytes=0) == 0
+    # Cached ViT features instead of the global and texture volumes: 11 x 1024 tokens x 768 x fp16 + 10 masks.
+    cached = dataclasses.replace(training, cache_vit_features=True)
+    assert sample_bytes(paper, cached) == 11 * 1024 * 768 * 2 + 10 * 4 * 256 * 256 * 64
+    with pytest.raises(ConfigError, match="prefetch_factor"):
+        TrainingConfig(**{**settings["training"]["paper"], "prefetch_factor": 0})

@@ -394,7 +394,8 @@ def cli(args: argparse.Namespace) -> int:
         if not isinstance(meta, dict):
             raise InputError(raw, "--meta must hold a JSON object")
     meta["predictions_file"] = str(args.predictions)
-    labeler = get_labeler(args.labeler, getattr(args, "checkpoint", None), getattr(args, "radbert", None))
+    labeler = get_labeler(args.labeler, getattr(args, "checkpoint", None), getattr(args, "radbert", None),
+                          lowercase=getattr(args, "radbert_lowercase", None))
     out = Path(args.out)
     metrics = evaluate_predictions(df, protocol=args.protocol, labeler=labeler, out_dir=out.parent, meta=meta)
     write_metrics(metrics, out)

@@ -424,7 +424,8 @@ class RadBertLabeler:
     key>`` and ``classifier.weight`` / ``classifier.bias`` (an optional ``module.`` prefix, from
     DataParallel, is removed; ``model.embeddings.position_ids``, a buffer older transformers saved, is
     ignored). ``model_dir``: a local RadBERT-RoBERTa-4m folder (config.json and tokenizer files); its weights
-    are not needed, every weight comes from the checkpoint. Input is lower-cased (``lowercase``), truncated
+    are not needed, every weight comes from the checkpoint. Input is lower-cased (``lowercase``, default on;
+    off reproduces the authors' evaluation, whose ``do_lower_case=True`` a RoBERTa tokenizer ignores), truncated
     to ``max_length`` tokens.
     """
 
@@ -511,9 +512,12 @@ class RadBertLabeler:
 
 
 def get_labeler(name: str | None = None, checkpoint: str | None = None, model_dir: str | None = None,
-                **kwargs) -> Labeler:
-    """``rules`` (default) or ``radbert`` (needs ``checkpoint`` and ``model_dir``)."""
+                lowercase: bool | None = None, **kwargs) -> Labeler:
+    """``rules`` (default) or ``radbert`` (needs ``checkpoint`` and ``model_dir``). ``lowercase``: radbert only,
+    lower-case the text before tokenizing (None: the default, on; False: cased, as the authors' evaluation)."""
     name = name or "rules"
+    if lowercase is not None:
+        kwargs["lowercase"] = bool(lowercase)
     if name == "rules":
         return RulesLabeler()
     if name == "radbert":
@@ -627,7 +631,8 @@ def cli(args: argparse.Namespace) -> int:
     dropped = [c for c in df.columns if c in LABELS]
     if dropped:
         log.warning("%s: replacing its existing label columns %s", path, dropped)
-    labeler = get_labeler(args.labeler, getattr(args, "checkpoint", None), getattr(args, "radbert", None))
+    labeler = get_labeler(args.labeler, getattr(args, "checkpoint", None), getattr(args, "radbert", None),
+                          lowercase=getattr(args, "radbert_lowercase", None))
     out = label_table(df, args.text_column, labeler)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.output, index=False)

@@ -53,11 +53,22 @@ class ViTConfig:
     # patch 32 x 32 x 4, i.e. (16, 16, 128), and reads every (table // grid)-th row for a smaller grid.
     # None: exactly the input's patch grid.
     pos_grid: tuple[int, int, int] | None = (16, 16, 128)
+    # Dropout as RadFM's ViT class has it (the authors built both their ViTs with 0.1): `dropout` on the attention
+    # weights, the attention output and both MLP layers' outputs; `emb_dropout` on the patch embeddings after the
+    # position table is added. Active in train mode only: a frozen ViT is in eval mode unless
+    # Reg2RGConfig.frozen_vit_train_mode is on.
+    dropout: float = 0.0
+    emb_dropout: float = 0.0
 
     def __post_init__(self):
         self.patch_size = _triple(self.patch_size, "patch_size")
         if self.pos_grid is not None:
             self.pos_grid = _triple(self.pos_grid, "pos_grid")
+        for name in ("dropout", "emb_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise ConfigError(f"{name}: expected a probability in [0, 1), got {value!r}")
+            setattr(self, name, float(value))
 
 
 @dataclass
@@ -123,6 +134,10 @@ class Reg2RGConfig:
     perceiver_checkpoint: str | None = None  # RadFM_perceiver_fc.pth (its "perceiver" part)
     load_radfm_fc: bool = False  # also take RadFM's fc (only fits an LLM of RadFM's width, 5120)
     freeze_vit: bool = True
+    # The authors' fault, off by default: their frozen ViT stayed in train mode, so its dropout (vit.dropout,
+    # vit.emb_dropout) was active at every training step. On: the same, for reproducing their training; the ViT's
+    # outputs then change from step to step (training.cache_vit_features is refused).
+    frozen_vit_train_mode: bool = False
     gradient_checkpointing: bool = False
     encoder_chunk_size: int | None = None  # volumes per visual-encoder call (None: all in one call)
     max_seq_len: int = 2048  # longest example; targets are cut to fit, prompts never
@@ -189,6 +204,9 @@ class Reg2RGConfig:
                 for axis, table, n in zip("xyz", vit.pos_grid, grid):
                     if table % n:
                         raise ConfigError(f"{name}.pos_grid: {axis} table of {table} rows cannot serve a grid of {n}")
+        if self.frozen_vit_train_mode and not self.freeze_vit:
+            raise ConfigError("frozen_vit_train_mode is for a frozen ViT (freeze_vit); a trained ViT is in train "
+                              "mode anyway")
         if self.perceiver.num_latents <= 0:
             raise ConfigError("perceiver.num_latents must be positive")
 

@@ -48,6 +48,8 @@ class VisualEncoder(nn.Module):
         self.perceiver = PerceiverResampler(config.vit.dim, config.perceiver)
         self.proj = nn.Linear(config.vit.dim, hidden_size)
         self.freeze_vit = config.freeze_vit
+        # The authors' frozen ViT followed the model into train mode (its dropout on); ours stays in eval mode.
+        self.vit_train_mode = config.frozen_vit_train_mode
         self.chunk_size = config.encoder_chunk_size
         if self.freeze_vit:
             self.vit.requires_grad_(False)
@@ -55,7 +57,7 @@ class VisualEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.freeze_vit:
+        if self.freeze_vit and not self.vit_train_mode:
             self.vit.eval()  # a frozen encoder is never in train mode
         return self
 
@@ -78,6 +80,8 @@ class VisualEncoder(nn.Module):
         (training.cache_vit_features) and fed to `resample` instead of the volumes."""
         if not self.freeze_vit:
             raise ValueError("vit_features: the ViT trains (freeze_vit is off), its outputs are not fixed")
+        if self.vit_train_mode:
+            raise ValueError("vit_features: frozen_vit_train_mode keeps the ViT's dropout on, its outputs are not fixed")
         if not self.chunk_size or volumes.shape[0] <= self.chunk_size:
             return self.vit(volumes)
         return torch.cat([self.vit(c) for c in volumes.split(self.chunk_size)], dim=0)

@@ -66,12 +66,20 @@ def perceiver_key_map(depth: int) -> dict[str, str]:
     return m
 
 
+FC_KEY_MAP = {"weight": "weight", "bias": "bias"}
+
+
 def _read(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "RadFM checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # mmap: names and shapes without reading every tensor into memory (zip-format files)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
     except Exception as err:  # torch raises several types for a bad or non-tensor pickle
         raise InputError(path, f"cannot read as a PyTorch checkpoint: {err}") from err
     if not isinstance(state, dict):
@@ -90,51 +98,75 @@ def _fmt(keys: list[str], limit: int = 25) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def shape_problems(expected: dict[str, tuple], found: dict[str, tuple], *, optional=()) -> list[str]:
+    """Missing, unexpected and mismatched keys of `found` (name -> shape) against `expected`, one line each kind
+    (empty when they agree); keys in `optional` may be missing (tied weights, optional buffers)."""
+    missing = sorted(k for k in expected if k not in found and k not in optional)
+    unexpected = sorted(k for k in found if k not in expected)
+    shapes = sorted(f"{k} (file {tuple(found[k])}, model {tuple(expected[k])})" for k in expected
+                    if k in found and tuple(found[k]) != tuple(expected[k]))
+    out = []
+    if missing:
+        out.append(f"missing keys: {_fmt(missing)}")
+    if unexpected:
+        out.append(f"unexpected keys: {_fmt(unexpected)}")
+    if shapes:
+        out.append(f"shape mismatches: {_fmt(shapes)}")
+    return out
+
+
+def mapping_problems(own: dict, state: dict, key_map: dict[str, str], what: str) -> str | None:
+    """What keeps `state` (renamed by `key_map`) from loading strictly into a module whose state dict is `own`
+    (tensors, meta-device ones too: only names and shapes are compared), in the file's key names; None when it
+    fits."""
+    inverse = {v: k for k, v in key_map.items()}
+    expected = {inverse.get(k, k): tuple(v.shape) for k, v in own.items()}
+    problems = shape_problems(expected, {str(k): tuple(v.shape) for k, v in state.items()})
+    if not problems:
+        return None
+    return "; ".join([f"does not match RadFM's {what} layout for this config"] + problems)
+
+
 def load_mapped(module: nn.Module, state: dict, key_map: dict[str, str], path, what: str) -> None:
     """Rename `state` by `key_map` and load it into `module` strictly; InputError listing every mismatch."""
-    own = module.state_dict()
-    unexpected = sorted(k for k in state if k not in key_map or key_map[k] not in own)
-    covered = {key_map[k] for k in state if k in key_map}
-    missing_ours = [k for k in own if k not in covered]
-    inverse = {v: k for k, v in key_map.items()}
-    missing = sorted(inverse.get(k, k) for k in missing_ours)
-    shapes = sorted(
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[key_map[k]].shape)})"
-        for k in state if k in key_map and key_map[k] in own and tuple(state[k].shape) != tuple(own[key_map[k]].shape)
-    )
-    if unexpected or missing or shapes:
-        parts = [f"does not match RadFM's {what} layout for this config"]
-        if missing:
-            parts.append(f"missing keys: {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_fmt(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches: {_fmt(shapes)}")
-        raise InputError(path, "; ".join(parts))
+    problem = mapping_problems(module.state_dict(), state, key_map, what)
+    if problem:
+        raise InputError(path, problem)
     module.load_state_dict({key_map[k]: v for k, v in state.items()}, strict=True)
 
 
-def load_radfm_vit(vit: nn.Module, path) -> None:
-    """RadFM_vit3d.pth into a ViT3D (its depth decides the expected keys)."""
+def vit_state(path) -> dict:
+    """The ViT state dict of RadFM_vit3d.pth (a `state_dict`/`model` container and a `module.` prefix removed)."""
     state = _read(path)
     for container in ("state_dict", "model"):
         if set(state) == {container} and isinstance(state[container], dict):
             state = state[container]
-    state = _strip(state, "module.")
+    return _strip(state, "module.")
+
+
+def perceiver_state(path) -> tuple[dict, dict | None]:
+    """The "perceiver" state dict of RadFM_perceiver_fc.pth (prefixes removed) and its "fc" one (None if absent)."""
+    state = _read(path)
+    if "perceiver" not in state or not isinstance(state["perceiver"], dict):
+        raise InputError(path, f"expected a dict with a 'perceiver' state dict, found keys {_fmt(sorted(map(str, state)))}")
+    fc = state["fc"] if isinstance(state.get("fc"), dict) else None
+    return _strip(_strip(state["perceiver"], "module."), "perceiver."), fc
+
+
+def load_radfm_vit(vit: nn.Module, path) -> None:
+    """RadFM_vit3d.pth into a ViT3D (its depth decides the expected keys)."""
+    state = vit_state(path)
     load_mapped(vit, state, vit_key_map(len(vit.blocks)), path, "ViT")
     log.info("loaded RadFM ViT weights from %s", path)
 
 
 def load_radfm_perceiver(perceiver: nn.Module, path, fc: nn.Linear | None = None) -> None:
     """The "perceiver" part of RadFM_perceiver_fc.pth into a PerceiverResampler; its "fc" into `fc` if given."""
-    state = _read(path)
-    if "perceiver" not in state or not isinstance(state["perceiver"], dict):
-        raise InputError(path, f"expected a dict with a 'perceiver' state dict, found keys {_fmt(sorted(map(str, state)))}")
-    sub = _strip(_strip(state["perceiver"], "module."), "perceiver.")
+    sub, fc_state = perceiver_state(path)
     load_mapped(perceiver, sub, perceiver_key_map(len(perceiver.layers)), path, "Perceiver")
     log.info("loaded RadFM Perceiver weights from %s", path)
     if fc is not None:
-        if "fc" not in state or not isinstance(state["fc"], dict):
+        if fc_state is None:
             raise InputError(path, "load_radfm_fc is set but the file holds no 'fc' state dict")
-        load_mapped(fc, state["fc"], {"weight": "weight", "bias": "bias"}, path, "fc")
+        load_mapped(fc, fc_state, FC_KEY_MAP, path, "fc")
         log.info("loaded RadFM fc weights from %s", path)

@@ -1,6 +1,7 @@
 """A 3D vision transformer in RadFM's layout: linear patch embedding, learned per-axis position tables, pre-norm
 blocks. Input [N, C, X, Y, Z] (see `config.py` for the axis order), output [N, tokens, dim] with tokens in
-(x, y, z) grid order, z fastest. No dropout: the paper's ViT is frozen, and the tiny one trains without it.
+(x, y, z) grid order, z fastest. Dropout where RadFM's ViT has it (ViTConfig.dropout, emb_dropout; 0 by default):
+on the attention weights, the attention output, the MLP's hidden and output activations, and the embeddings.
 """
 from __future__ import annotations
 
@@ -69,37 +70,40 @@ class PositionEmbedding3D(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float = 0.0):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
+        self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.proj = nn.Linear(heads * dim_head, dim)
+        self.proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, _ = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(n, t, self.heads * self.dim_head))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(n, t, self.heads * self.dim_head)))
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dim_head)
+        self.attn = SelfAttention(dim, heads, dim_head, dropout)
         self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim)
+        self.mlp = MLP(dim, mlp_dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
@@ -113,8 +117,10 @@ class ViT3D(nn.Module):
         self.grid = tuple(s // p for s, p in zip(input_size, config.patch_size))
         self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.dim)
         self.pos_embed = PositionEmbedding3D(config.dim, config.pos_grid or self.grid)
+        self.emb_drop = nn.Dropout(config.emb_dropout)
         self.blocks = nn.ModuleList(
-            Block(config.dim, config.heads, config.dim_head, config.mlp_dim) for _ in range(config.depth)
+            Block(config.dim, config.heads, config.dim_head, config.mlp_dim, config.dropout)
+            for _ in range(config.depth)
         )
         self.gradient_checkpointing = False
 
@@ -128,7 +134,7 @@ class ViT3D(nn.Module):
                 raise ValueError(f"expected 1 or {self.in_channels} channels, got {x.shape[1]}")
             x = x.expand(-1, self.in_channels, -1, -1, -1)
         x, grid = self.patch_embed(x)
-        x = x + self.pos_embed(grid).to(x.dtype)
+        x = self.emb_drop(x + self.pos_embed(grid).to(x.dtype))
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)

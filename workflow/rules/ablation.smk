@@ -73,14 +73,11 @@ rule ablation_evaluate:
         labeler=config.get("evaluation", {}).get("labeler", "rules"),
         radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
         radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
+        radbert_lowercase=config.get("evaluation", {}).get("radbert_lowercase", True),
         meta=lambda wc: {
             "dataset": wc.dataset,
             "model_preset": f"{model_preset_name(wc.dataset)}+ablation:{wc.ablation}",
-            "decoding": {
-                k: v
-                for k, v in config.get("generation", {}).items()
-                if k not in ("resources", "batch_size", "num_workers")
-            },
+            "decoding": generation_decoding(),
         },
     threads: 1
     resources:

@@ -129,6 +129,16 @@ def generation_resources(dataset):
     return config.get("generation", {}).get("resources", {}).get(model_preset_name(dataset), {})
 
 
+def generation_decoding():
+    """The decoding settings generation:'s keys resolve to (its `decoding` preset applied), as the generate rule
+    records them in predictions.parquet; the evaluate rules record the same in metrics.json."""
+    from reg2rg.generate import GenerationSettings
+
+    return GenerationSettings.from_dict(
+        {k: v for k, v in config.get("generation", {}).items() if k != "resources"}
+    ).decoding()
+
+
 def generation_threads(dataset):
     """CPU threads of a generation job, also torch's (workflow/scripts/generate.py): `resources.threads`, else 2."""
     return generation_resources(dataset).get("threads", 2)

@@ -1,6 +1,7 @@
 # Evaluation of the test split's generated reports (reg2rg.evaluate, docs/evaluation.md): text metrics,
 # clinical efficacy and region recognition in metrics.json, the report length plot beside it. Settings:
-# evaluation: in the config; the decoding recorded is generation: less the keys that do not change the output.
+# evaluation: in the config; the decoding recorded is what generation: resolves to (its `decoding` preset applied),
+# less the keys that do not change the output.
 
 
 rule evaluate:
@@ -14,14 +15,11 @@ rule evaluate:
         labeler=config.get("evaluation", {}).get("labeler", "rules"),
         radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
         radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
+        radbert_lowercase=config.get("evaluation", {}).get("radbert_lowercase", True),
         meta=lambda wc: {
             "dataset": wc.dataset,
             "model_preset": model_preset_name(wc.dataset),
-            "decoding": {
-                k: v
-                for k, v in config.get("generation", {}).items()
-                if k not in ("resources", "batch_size", "num_workers")
-            },
+            "decoding": generation_decoding(),
         },
     threads: 1
     resources:

@@ -17,7 +17,8 @@ meta["predictions_file"] = str(snakemake.input.predictions)
 # the digest of the settings this rule was given stands in.
 if "config_digest" not in df.columns or df["config_digest"].dropna().empty:
     meta["config_digest"] = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
-labeler = get_labeler(snakemake.params.labeler, snakemake.params.radbert_checkpoint, snakemake.params.radbert_dir)
+labeler = get_labeler(snakemake.params.labeler, snakemake.params.radbert_checkpoint, snakemake.params.radbert_dir,
+                      lowercase=snakemake.params.radbert_lowercase)
 out = Path(snakemake.output.metrics)
 metrics = evaluate_predictions(df, protocol=snakemake.params.protocol, labeler=labeler, out_dir=out.parent,
                                meta=meta)
