@@ -117,7 +117,8 @@ def test_presets_and_config_round_trip():
 
 
 def test_visual_tokens_land_at_placeholders(tok):
-    cfg = tiny_config(region_index_embedding=False)  # the paper's model: features exactly at the placeholders
+    # the paper's model (no tiny aids): features exactly at the placeholders
+    cfg = tiny_config(region_index_embedding=False, region_prefix_features=False)
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart"], ["bone"], []]
@@ -150,7 +151,7 @@ def test_visual_tokens_land_at_placeholders(tok):
 
 
 def test_region_index_embedding_marks_each_region_by_its_prompt_index(tok, tmp_path):
-    cfg = tiny_config(region_index_embedding=True)
+    cfg = tiny_config(region_index_embedding=True, region_prefix_features=False)
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart", "bone"], ["bone"], []]
@@ -635,8 +636,7 @@ def test_global_only_baseline_has_no_region_segments(tok):
 
 def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_path):
     """The tiny preset's aid (not the paper's): every "The region k is" token, in the prompt and in the report,
-    carries the mean of region k's texture and geometry tokens (and a learned mark when k is the prompt's last
-    region); generation adds it to the phrases it writes."""
+    carries the mean of region k's texture and geometry tokens; generation adds it to the phrases it writes."""
     from reg2rg.model.tokenizer import phrase_token_ids
 
     cfg = tiny_config(region_prefix_features=True)
@@ -661,8 +661,6 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
             pos = in_region.nonzero().flatten()
             pos = pos[(pos > lo) & (pos < hi)]
             mean = plain[b, pos].mean(0)
-            if k == len(regions[b]) - 1:  # the prompt's last region is marked as such
-                mean = mean + model.last_region_embedding
             where = (row == phrases[k]).nonzero().flatten()
             assert len(where) >= 1  # the prompt's "The region k is" (and the report's prefix, when trained)
             for p in where:

@@ -133,10 +133,6 @@ class Reg2RGModel(nn.Module):
                 phrase[tid] = k
         self.register_buffer("phrase_index", phrase, persistent=False)
         self._prefix_table = None  # [B, K, hidden] while generate runs (region_prefix_features)
-        # region_prefix_features: a learned mark on the last region of a prompt, so that the decoder knows where
-        # its region k text is the report's last (whether "The region k+1 is" or the end follows)
-        self.last_region_embedding = (nn.Parameter(torch.randn(hidden) * float(embed.weight.float().std()))
-                                      if config.region_prefix_features else None)
         self.token_ids = dict(token_ids)
         self.tokenizer = None  # set by build_model / load_trained for convenience
 
@@ -244,19 +240,15 @@ class Reg2RGModel(nn.Module):
         return embeds
 
     def _region_means(self, embeds: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """[B, K, hidden]: the mean of region k's texture and geometry tokens in each prompt, plus
-        last_region_embedding for the prompt's last region (zero for k beyond the prompt's regions), K = 10."""
+        """[B, K, hidden]: the mean of region k's texture and geometry tokens in each prompt (zero for k beyond
+        the prompt's regions), K = 10."""
         index = torch.cumsum(slot == _SLOT[REGION_START], dim=1)
         in_region = ((slot == _TEXTURE) | (slot == _GEOMETRY)) & (index > 0)
         k = len(REGIONS)
         onehot = torch.nn.functional.one_hot((index - 1).clamp(0, k - 1), k).to(embeds.dtype)
         onehot = onehot * in_region.unsqueeze(-1).to(embeds.dtype)  # [B, L, K]
         sums = torch.einsum("blk,blh->bkh", onehot, embeds)
-        counts = onehot.sum(1)  # [B, K] tokens per region
-        n_regions = (counts > 0).sum(1)  # [B]
-        last = torch.nn.functional.one_hot((n_regions - 1).clamp(min=0), k).to(embeds.dtype)
-        last = last * (n_regions > 0).unsqueeze(-1).to(embeds.dtype)
-        return sums / counts.clamp(min=1).unsqueeze(-1) + last.unsqueeze(-1) * self.last_region_embedding.to(embeds.dtype)
+        return sums / onehot.sum(1).clamp(min=1).unsqueeze(-1)
 
     def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """[R, L, hidden]: table[b, k] at every "The region k is" token of row r (b = r // (R / B): generate
