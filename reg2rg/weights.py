@@ -45,6 +45,15 @@ def _problem(err: InputError, path) -> str:
     return err.problem if err.path == str(path) else str(err)
 
 
+def _read(check: FileCheck, reader, *args):
+    """reader(*args), or None with the InputError it raised added to the check's problems."""
+    try:
+        return reader(*args)
+    except InputError as err:
+        check.problems.append(_problem(err, check.path))
+        return None
+
+
 # -- the LLM folder ----------------------------------------------------------------------------------------------
 def _folder_shapes(folder: Path) -> dict[str, tuple]:
     """Tensor name -> shape of every weight file of a Hugging Face folder, read from the file headers."""
@@ -99,10 +108,8 @@ def check_llm(config, folder) -> FileCheck:
     if getattr(hf_config, "tie_word_embeddings", False) or getattr(hf_config.get_text_config(), "tie_word_embeddings", False):
         out = model.get_output_embeddings()
         optional |= {k for k, v in model.state_dict().items() if out is not None and v is out.weight}
-    try:
-        found = _folder_shapes(folder)
-    except InputError as err:
-        check.problems.append(_problem(err, check.path))
+    found = _read(check, _folder_shapes, folder)
+    if found is None:
         return check
     check.tensors = len(found)
     check.problems += shape_problems(expected, found, optional=optional)
@@ -149,10 +156,8 @@ def check_radfm_vit(config, path) -> FileCheck:
 
     check = FileCheck("RadFM ViT (vision_checkpoint)", str(path))
     vit, _, _ = _meta_visual(config)
-    try:
-        state = vit_state(path)
-    except InputError as err:
-        check.problems.append(_problem(err, check.path))
+    state = _read(check, vit_state, path)
+    if state is None:
         return check
     check.tensors = len(state)
     problem = mapping_problems(vit.state_dict(), state, vit_key_map(len(vit.blocks)), "ViT")
@@ -166,11 +171,10 @@ def check_radfm_perceiver(config, path) -> FileCheck:
 
     check = FileCheck("RadFM Perceiver (perceiver_checkpoint)", str(path))
     _, perceiver, fc = _meta_visual(config)
-    try:
-        sub, fc_state = perceiver_state(path)
-    except InputError as err:
-        check.problems.append(_problem(err, check.path))
+    read = _read(check, perceiver_state, path)
+    if read is None:
         return check
+    sub, fc_state = read
     check.tensors = len(sub) + len(fc_state or {})
     problem = mapping_problems(perceiver.state_dict(), sub, perceiver_key_map(len(perceiver.layers)), "Perceiver")
     if problem:
