@@ -669,13 +669,14 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
     # embeddings, with the region means of the prompts it was given; rows repeated for beams map back).
     gen_batch, gen_vols = make_batch(tok, cfg, [["lung", "heart"], ["bone"]], with_target=False,
                                      padding_side="left")
+    gen_ids = gen_batch["input_ids"]
     with torch.no_grad():
-        model.embed_inputs(gen_batch["input_ids"], gen_vols["global_volume"], gen_vols["region_crops"],
-                           gen_vols["region_masks"], keep_prefix_table=True)
-        table = model._prefix_table
+        gen_embeds = model.embed_inputs(gen_ids, gen_vols["global_volume"], gen_vols["region_crops"],
+                                        gen_vols["region_masks"])
+        table = model._region_means(gen_embeds, model.token_slot[gen_ids])  # as generate makes it
         emb = model.llm.get_input_embeddings()
         new = torch.tensor([[phrases[1], 5], [phrases[0], phrases[1]]]).repeat_interleave(2, dim=0)  # 2 beams
-        hook = emb.register_forward_hook(model._add_prefix_features)
+        hook = emb.register_forward_hook(model.prefix_hook(table))
         hooked = emb(new)
         hook.remove()
         diff = hooked - emb(new)
@@ -683,10 +684,17 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
         assert torch.allclose(diff[r, 0], table[b, 1 if b == 0 else 0], atol=1e-6)
     assert torch.equal(diff[0, 1], torch.zeros_like(diff[0, 1])) and torch.allclose(diff[2, 1], table[1, 1])
     assert torch.equal(table[1, 1], torch.zeros_like(table[1, 1]))  # scan 1 has one region: no region 2
-    model._prefix_table = None
+    for b, row in enumerate(gen_ids):  # the table holds each region's mean token, counted independently here
+        starts = (row == tid[REGION_START]).nonzero().flatten().tolist() + [len(row)]
+        in_region = (row == tid[TEXTURE_TOKEN]) | (row == tid[GEOMETRY_TOKEN])
+        for k, (lo, hi) in enumerate(zip(starts, starts[1:])):
+            pos = in_region.nonzero().flatten()
+            pos = pos[(pos > lo) & (pos < hi)]
+            assert torch.allclose(table[b, k], gen_embeds[b, pos].mean(0), atol=1e-6)
     new_ids = model.generate(**{k: gen_batch[k] for k in ("input_ids", "attention_mask")}, **gen_vols,
                              max_new_tokens=4)
-    assert new_ids.shape[0] == 2 and model._prefix_table is None
+    assert new_ids.shape[0] == 2
+    assert not model.llm.get_input_embeddings()._forward_hooks  # the hook is gone after generate
     out = save_trained(model, tmp_path / "model")
     loaded = load_trained(out)
     assert loaded.config.region_prefix_features

@@ -132,7 +132,6 @@ class Reg2RGModel(nn.Module):
             if tid < size:
                 phrase[tid] = k
         self.register_buffer("phrase_index", phrase, persistent=False)
-        self._prefix_table = None  # [B, K, hidden] while generate runs (region_prefix_features)
         self.token_ids = dict(token_ids)
         self.tokenizer = None  # set by build_model / load_trained for convenience
 
@@ -155,11 +154,10 @@ class Reg2RGModel(nn.Module):
     def embed_inputs(self, input_ids: torch.Tensor, global_volume: torch.Tensor | None = None,
                      region_crops: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
                      region_counts=None, global_vit: torch.Tensor | None = None,
-                     texture_vit: torch.Tensor | None = None, keep_prefix_table: bool = False) -> torch.Tensor:
+                     texture_vit: torch.Tensor | None = None) -> torch.Tensor:
         """inputs_embeds [B, L, hidden]: text embeddings, delimiter embeddings, visual tokens at the placeholders.
         global_vit / texture_vit: the frozen ViT's outputs ([B, T, dim] / [R, T, dim], VisualEncoder.vit_features)
-        in place of global_volume / region_crops (cached features: the ViT does not run). keep_prefix_table: keep
-        the region means of region_prefix_features for the tokens generate embeds next."""
+        in place of global_volume / region_crops (cached features: the ViT does not run)."""
         if int(input_ids.max()) >= self.token_slot.numel() or int(input_ids.min()) < 0:
             raise ValueError(f"input_ids hold ids outside [0, {self.token_slot.numel()})")
         slot = self.token_slot[input_ids]
@@ -233,17 +231,20 @@ class Reg2RGModel(nn.Module):
         if self.region_index_embeddings is not None:
             embeds = embeds + self._region_index_terms(slot).to(dtype)
         if cfg.region_prefix_features:
-            table = self._region_means(embeds, slot)
-            embeds = embeds + self._prefix_terms(input_ids, table)
-            if keep_prefix_table:
-                self._prefix_table = table
+            embeds = embeds + self._prefix_terms(input_ids, self._region_means(embeds, slot))
         return embeds
+
+    @staticmethod
+    def _region_positions(slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, L] 1-based prompt index of the enclosing region, counted by the <region> delimiters before each
+        position; [B, L] True at the texture and geometry tokens)."""
+        return torch.cumsum(slot == _SLOT[REGION_START], dim=1), (slot == _TEXTURE) | (slot == _GEOMETRY)
 
     def _region_means(self, embeds: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """[B, K, hidden]: the mean of region k's texture and geometry tokens in each prompt (zero for k beyond
-        the prompt's regions), K = 10."""
-        index = torch.cumsum(slot == _SLOT[REGION_START], dim=1)
-        in_region = ((slot == _TEXTURE) | (slot == _GEOMETRY)) & (index > 0)
+        the prompt's regions), K = 10. The same from embed_inputs' output: the prefix terms it adds lie on text
+        tokens, never on region tokens."""
+        index, in_region = self._region_positions(slot)
         k = len(REGIONS)
         onehot = torch.nn.functional.one_hot((index - 1).clamp(0, k - 1), k).to(embeds.dtype)
         onehot = onehot * in_region.unsqueeze(-1).to(embeds.dtype)  # [B, L, K]
@@ -258,16 +259,18 @@ class Reg2RGModel(nn.Module):
         terms = table[rows.unsqueeze(1), (k - 1).clamp(min=0)]
         return terms * (k > 0).unsqueeze(-1).to(table.dtype)
 
-    def _add_prefix_features(self, module, args, output):
-        """Forward hook on the LLM's input embeddings while generate runs: the tokens generate embeds itself
-        (each new token) get their region's features when they are a "The region k is" phrase."""
-        return output + self._prefix_terms(args[0], self._prefix_table).to(output.dtype)
+    def prefix_hook(self, table: torch.Tensor):
+        """A forward hook for the LLM's input embeddings while generate runs: the tokens generate embeds itself
+        (each new token) get their region's features from `table` (_region_means of the prompts) when they are
+        a "The region k is" phrase."""
+        def hook(module, args, output):
+            return output + self._prefix_terms(args[0], table).to(output.dtype)
+        return hook
 
     def _region_index_terms(self, slot: torch.Tensor) -> torch.Tensor:
         """[B, L, hidden]: region k's index embedding at its texture and geometry positions (k counted by the
         <region> delimiters before them, so it is the prompt index, never the area), zero elsewhere."""
-        index = torch.cumsum(slot == _SLOT[REGION_START], dim=1)  # 1-based index of the enclosing region
-        in_region = (slot == _TEXTURE) | (slot == _GEOMETRY)
+        index, in_region = self._region_positions(slot)
         if int(index.masked_fill(~in_region, 0).max()) > self.region_index_embeddings.num_embeddings:
             raise ValueError(f"a prompt holds more than {self.region_index_embeddings.num_embeddings} regions, "
                              "the size of the region index table")
@@ -323,13 +326,12 @@ class Reg2RGModel(nn.Module):
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         gen_config = GenerationConfig(**kwargs)
-        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts,
-                                   keep_prefix_table=True)
+        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
         if not self.config.region_prefix_features:
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
-        hook = self.llm.get_input_embeddings().register_forward_hook(self._add_prefix_features)
+        table = self._region_means(embeds, self.token_slot[input_ids])
+        hook = self.llm.get_input_embeddings().register_forward_hook(self.prefix_hook(table))
         try:
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
         finally:
             hook.remove()
-            self._prefix_table = None
