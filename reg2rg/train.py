@@ -107,7 +107,8 @@ class TrainingConfig:
     cache_vit_features: bool = False
     # "own": each training scan with its own report. "shuffled": each scan's image with another training scan's
     # report, region texts and labels (reg2rg.manifest.paired_with_other_reports, seeded by `seed`): the
-    # ablation control that proves the findings come from the image (its model must fall to the baseline).
+    # ablation control for the findings coming from the image (it scores the chance level the full model must beat).
+    # Applied by this module's CLI (_main), which builds the training manifest; train() takes the dataset as given.
     report_pairing: str = "own"
     resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow (gpu, mem_mb, runtime)
 

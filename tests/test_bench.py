@@ -156,3 +156,41 @@ def test_geometry_only_items_match_the_full_items(tmp_path):
     assert torch.equal(geo["geometry"], full["geometry"])
     batch = collate_visual([geo, geo], layout="xyz")
     assert "global" not in batch and batch["geometry"].shape[0] == 2 * len(geo["regions"])
+
+
+# An excerpt of a real Snakemake 9 log of the demo (two jobs of one rule side by side, one checkpoint).
+_SNAKEMAKE_LOG = """\
+[Thu Dec  3 05:40:27 2026]
+localrule demo_data:
+    output: results/demo/raw
+    jobid: 3
+Shell command: None
+[Thu Dec  3 05:41:52 2026]
+Finished jobid: 3 (Rule: demo_data)
+1 of 9 steps (11%) done
+[Thu Dec  3 05:41:52 2026]
+localcheckpoint inventory:
+    jobid: 2
+DAG of jobs will be updated after completion.
+[Thu Dec  3 05:41:53 2026]
+Finished jobid: 2 (Rule: inventory)
+[Thu Dec  3 05:42:00 2026]
+localrule cache_shard:
+    jobid: 17
+[Thu Dec  3 05:42:10 2026]
+localrule cache_shard:
+    jobid: 18
+[Thu Dec  3 05:42:30 2026]
+Finished jobid: 18 (Rule: cache_shard)
+[Thu Dec  3 05:42:40 2026]
+Finished jobid: 17 (Rule: cache_shard)
+"""
+
+
+def test_demo_time_reads_each_jobs_time_from_the_snakemake_log():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_time", REPO / "benchmarks" / "demo_time.py")
+    demo_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_time)
+    assert demo_time.job_times(_SNAKEMAKE_LOG) == {"demo_data": 85.0, "inventory": 1.0, "cache_shard": 40.0 + 20.0}
