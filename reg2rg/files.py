@@ -35,6 +35,29 @@ def read_json(path: str | Path, what: str = "file", hint: str = ""):
         raise InputError(path, f"not valid JSON: {err}") from None
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it, renamed into place: a reader never
+    sees half a file, and an interrupted write leaves the old file (or none). Returns the path."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: str | Path, data, *, indent: int | None = 2, **dumps_kwargs) -> Path:
+    """`data` as JSON (json.dumps with `indent` and any other json.dumps keywords) plus a final newline,
+    written atomically (write_text_atomic). Returns the path."""
+    import json
+
+    return write_text_atomic(path, json.dumps(data, indent=indent, **dumps_kwargs) + "\n")
+
+
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith((".nii", ".nii.gz"))
 
