@@ -1482,7 +1482,8 @@ Written by reg2rg's demo generator from the phantoms' true region masks, in the 
 inference writes (reg2rg/segment/sat.py): {dataset}/seg_<id>/<prompt>.nii.gz per prompt and
 {dataset}/seg_<id>.nii.gz, arrays on SAT's cropped RAS 1 x 1 x 3 mm grid with an identity affine. Each
 region's mask is split among (at most two of) its default prompts, so that importing it exercises the
-union. The grid is the one SAT would see for the volume reg2rg ingests from images/<id> at 1 x 1 x 3 mm;
+union. The pleura has no file: SAT has no pleura class and is not asked for one; the importer derives the
+pleura from the lung masks (reg2rg.segment.derived). The grid is the one SAT would see for the volume reg2rg ingests from images/<id> at 1 x 1 x 3 mm;
 standin.json records each case's crop so the importer can refuse files made for another input.
 """
 
@@ -1495,7 +1496,8 @@ def write_sat_standin(out_dir: str | Path, case_id: str, masks: dict[str, np.nda
     Ingests the case's DICOM series (`{out_dir}/images/{case_id}`) exactly as the workflow will (reg2rg.ingest
     at `spacing`, into a temporary folder), prepares SAT's input from it (reg2rg.segment.sat), puts each
     true mask (on the phantom grid, `geometry`) onto SAT's cropped RAS grid and writes it under
-    `{out_dir}/sat_standin/{dataset}/` as SAT does. Returns the case's SAT input record."""
+    `{out_dir}/sat_standin/{dataset}/` as SAT does, one file per prompt: none for regions without prompts
+    (by default the pleura, which the importer derives from the lung). Returns the case's SAT input record."""
     import tempfile
 
     from reg2rg.ingest import ingest

@@ -68,6 +68,10 @@ def test_run_sat_case_imports_onto_the_ingested_grid(volume, tmp_path):
     assert side["segmentation"]["regions"]["bone"]["found"] == ["sternum", "rib 1"]
     lung = side["segmentation"]["regions"]["lung"]  # default prompts, which the stand-in leaves empty
     assert len(lung["found"]) == 5 and not any(lung["voxels"].values()) and side["status"]["lung"] == "empty"
+    # SAT has no pleura class: it is not prompted but derived from the (here empty) lung
+    asked = json.loads((tmp_path / "work" / "sat_input.jsonl").read_text())["label"]
+    assert "pleura" not in asked and "heart" in asked
+    assert side["segmentation"]["regions"]["pleura"]["derived"]["voxels"] == 0 and side["status"]["pleura"] == "empty"
     assert (tmp_path / "work" / "sat_run.log").is_file()
 
 

@@ -7,5 +7,6 @@ Backends (config `datasets.<name>.segmentation.backend`):
 - `sat_standin`: SAT-format files written by the demo generator in place of a SAT run (`demo_ctrg`),
   imported exactly like SAT's.
 
-`stage.py` runs a backend over every scan of an inventory with a status row each.
+`derived.py` makes the regions SAT has no class for from other regions' masks (the pleura: a shell around the
+lungs), at import. `stage.py` runs a backend over every scan of an inventory with a status row each.
 """

@@ -50,7 +50,7 @@ SAT_MODALITY = "ct"
 SPACING_TOLERANCE = 1e-6  # relative: an ingested spacing this close to SAT's is SAT's
 
 # Default SAT prompts per region (unions). Names from SAT's CT vocabulary (SAT-DS label lists: DAP Atlas,
-# TotalSegmentator). "pleura" has no verified SAT class; see docs/ctrg.md before a real run.
+# TotalSegmentator). SAT has no pleura class: "pleura" is not prompted but derived at import (DERIVED_REGIONS).
 DEFAULT_REGION_PROMPTS: dict[str, list[str]] = {
     "abdomen": ["liver", "spleen", "stomach", "pancreas", "gallbladder", "kidney", "adrenal gland",
                 "abdominal tissue"],
@@ -64,10 +64,13 @@ DEFAULT_REGION_PROMPTS: dict[str, list[str]] = {
              "right lung lower lobe"],
     "mediastinum": ["mediastinal tissue", "aorta", "pulmonary artery", "superior vena cava", "thymus",
                     "brachiocephalic trunk", "left brachiocephalic vein", "right brachiocephalic vein"],
-    "pleura": ["pleura"],
+    "pleura": [],  # derived from the lung masks (DERIVED_REGIONS), not asked of SAT
     "thyroid": ["thyroid"],
     "trachea and bronchie": ["trachea", "bronchie"],
 }
+# Regions made at import from other regions' SAT masks (reg2rg.segment.derived) unless the config gives them
+# prompts: the pleural space, a shell of PLEURA_MARGIN_MM around the union of the lung lobes.
+DERIVED_REGIONS: dict[str, str] = {"pleura": "lung"}
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -90,6 +93,19 @@ def region_prompts(mapping: dict | None = None) -> dict[str, list[str]]:
         if bad:
             raise ConfigError(f"segmentation prompts for {region!r}: {bad} cannot be file names")
     return {r: out[r] for r in REGIONS}
+
+
+def derived_regions(mapping: dict | None = None) -> tuple[str, ...]:
+    """The regions of DERIVED_REGIONS that the config's prompt mapping (as given to region_prompts) does not
+    name: those are derived at import. A region the mapping names is SAT's answer to its prompts (a list the
+    user chose), or unsegmented for an empty list."""
+    named = set()
+    for name in (mapping or {}):
+        try:
+            named.add(REGIONS[region_index(name)])
+        except ValueError as err:
+            raise ConfigError(f"segmentation prompts: {err}") from None
+    return tuple(r for r in REGIONS if r in DERIVED_REGIONS and r not in named)
 
 
 def all_prompts(prompts: dict[str, list[str]]) -> list[str]:
@@ -348,17 +364,58 @@ def find_label_file(seg_dir: Path, label: str) -> Path | None:
     return None
 
 
+def _sat_input_hu(record: dict) -> np.ndarray:
+    """SAT's input image (the record's), as an LPS [z, y, x] array on the grid restore_sat_mask returns."""
+    path = Path(record["sat_input"]["path"])
+    if not path.is_file():
+        raise InputError(path, "SAT's input image is gone: the pleura is derived on it (prepare SAT's input again)")
+    arr = _read_sat_file(path)
+    if list(arr.shape[:3]) != list(record["sat_input"]["shape_ras"]):
+        raise InputError(path, f"shape {list(arr.shape)} is not the record's {record['sat_input']['shape_ras']}")
+    return ras_to_lps_array(np.asarray(arr))
+
+
+def derive_region(region: str, unions: dict[str, np.ndarray | None], record: dict) -> tuple[np.ndarray | None, dict]:
+    """A DERIVED_REGIONS region from the other regions' masks on SAT's input grid (LPS [z, y, x] arrays):
+    the pleura is the pleural space around the lung (reg2rg.segment.derived.pleural_space: PLEURA_MARGIN_MM,
+    inside the body of SAT's input image, outside every other region). None when its source region has no
+    mask. Returns the mask and what the sidecar records of it."""
+    from reg2rg.segment import derived
+
+    source = DERIVED_REGIONS[region]
+    info = {"from": source, "how": "pleural_space", "margin_mm": derived.PLEURA_MARGIN_MM,
+            "body_hu": derived.BODY_HU, "excluded": [r for r in REGIONS if r not in (region, source)]}
+    lungs = unions.get(source)
+    if lungs is None:
+        return None, info
+    spacing = tuple(float(v) for v in record["sat_input"]["grid_lps"]["spacing"])[::-1]  # [z, y, x]
+    others = [m for r, m in unions.items() if r not in (region, source) and m is not None]
+    exclude = np.logical_or.reduce(others) if others else None
+    body = derived.body_mask(_sat_input_hu(record))
+    return derived.pleural_space(lungs, spacing, derived.PLEURA_MARGIN_MM, body=body, exclude=exclude), info
+
+
 def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[str]], out_path,
-                    work_dir) -> dict:
+                    work_dir, derive: tuple[str, ...] | None = None) -> dict:
     """Import one scan's SAT output: for each region the union of its prompts' masks, restored to SAT's input
     grid (record), written to `work_dir/{region}.nii.gz`, then placed on the ingested volume's grid in
     physical space by reg2rg.masks.import_region_masks (one uint16 label file + sidecar at `out_path`).
-    The sidecar gains a `segmentation` block: backend, prompts per region, the prompts SAT wrote no file for,
-    voxels per prompt. Raises InputError when SAT's output for the scan is absent or misshapen."""
+    The regions in `derive` are made from the others' masks instead (derive_region); they must have no
+    prompts. Default: the DERIVED_REGIONS regions without prompts in `prompts` (the workflow passes
+    derived_regions(config prompts), so that a user's empty list leaves the pleura unsegmented). The sidecar gains a `segmentation` block: backend,
+    prompts per region, the prompts SAT wrote no file for, voxels per prompt, how derived regions were made.
+    Raises InputError when SAT's output for the scan is absent or misshapen."""
     import SimpleITK as sitk
 
     from reg2rg.masks import import_region_masks, sidecar_path
 
+    if derive is None:
+        derive = tuple(r for r in REGIONS if r in DERIVED_REGIONS and not prompts.get(r))
+    derive = tuple(derive)
+    both = [r for r in derive if prompts.get(r)]
+    if both:
+        raise ConfigError(f"segmentation: {both} both prompted ({[prompts[r] for r in both]}) and derived; "
+                          "a region is one or the other")
     record = json.loads(Path(record_path).read_text())
     case_id = record["case_id"]
     if record.get("volume", {}).get("sha256") != _sha256(volume_path):
@@ -375,6 +432,7 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
     work_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path | None] = {}
     info: dict[str, dict] = {}
+    unions: dict[str, np.ndarray | None] = {}
     for region in REGIONS:
         union = None
         found, missing, voxels = [], [], {}
@@ -389,12 +447,18 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
             found.append(label)
             union = restored.copy() if union is None else (union | restored)
         info[region] = {"prompts": prompts[region], "found": found, "missing": missing, "voxels": voxels}
+        unions[region] = union
+    for region in derive:
+        unions[region], how = derive_region(region, unions, record)
+        info[region]["derived"] = {**how, "voxels": None if unions[region] is None else int(unions[region].sum())}
+    g = record["sat_input"]["grid_lps"]
+    for region in REGIONS:
+        union = unions[region]
         target = work_dir / f"{region}.nii.gz"
         if union is None:
             files[region] = None
             target.unlink(missing_ok=True)
             continue
-        g = record["sat_input"]["grid_lps"]
         img = sitk.GetImageFromArray(union.astype(np.uint8))
         img.SetSpacing(g["spacing"])
         img.SetOrigin(g["origin"])
@@ -407,8 +471,11 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
     for region in REGIONS:
         if files[region] is None:
             asked = prompts[region]
-            side["notes"][region] = ("no SAT prompt for this region" if not asked else
-                                     f"SAT wrote no file for its prompt(s) {asked}")
+            if region in derive:
+                side["notes"][region] = (f"derived from {DERIVED_REGIONS[region]}, which SAT left without a mask")
+            else:
+                side["notes"][region] = ("no SAT prompt for this region" if not asked else
+                                         f"SAT wrote no file for its prompt(s) {asked}")
     _write_json(side, sidecar_path(out_path))
     return side
 
@@ -553,4 +620,4 @@ def run_sat_case(volume_path, out_path, work_dir, settings: dict) -> dict:
     out_dir = work_dir / "sat_output"
     run_sat(s, jsonl, out_dir, work_dir / "sat_run.log")
     return import_sat_case(volume_path, out_dir / SAT_DATASET, input_dir / f"{case_id}.json", prompts, out_path,
-                           work_dir / "sat_regions")
+                           work_dir / "sat_regions", derive=derived_regions(settings.get("prompts")))
