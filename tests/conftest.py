@@ -1,13 +1,35 @@
 """Shared test settings: where the real fixtures live.
 
 The fixtures are in ../shared/data beside the repository (read-only; tests copy what they modify). Set
-REG2RG_TEST_DATA to use another copy.
+REG2RG_TEST_DATA to use another copy. A test that needs them carries `needs_fixtures(path, ...)`: when a path
+is missing the test fails (never skips) with a message saying where the fixtures are expected, so a CI run
+without them cannot pass unnoticed.
 """
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REG2RG_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def needs_fixtures(*paths):
+    """Mark a test (or a module, as `pytestmark`) as reading these real fixture files or folders."""
+    return pytest.mark.needs_fixtures(*(Path(p) for p in paths))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_fixtures(*paths): the test reads these real fixtures; it fails "
+                                       "when one is missing")
+
+
+def pytest_runtest_setup(item):
+    missing = [p for mark in item.iter_markers("needs_fixtures") for p in mark.args if not p.exists()]
+    if missing:
+        pytest.fail(f"test fixtures missing: {', '.join(map(str, missing))}. The fixtures are expected in "
+                    f"{SHARED_DATA} (../shared/data beside the repository, see its README.md; or set "
+                    f"REG2RG_TEST_DATA to a copy of that folder)", pytrace=False)
 
 
 # The suite's longest test (the shipped demo end to end, most of the suite's time) runs first: with `make test`

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from reg2rg import bench
@@ -18,16 +19,23 @@ from reg2rg.constants import REGIONS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_loader_writes_its_keys(tmp_path):
+def test_bench_loader_beats_the_authors_loading_and_reports_its_runs(tmp_path):
+    """The cache loader against the authors' per-sample loading in the same run: at this tiny size it measured
+    about 44x on the idle 2-core machine, so at least 5x holds with margin under load. The JSON's rates agree
+    with its raw per-sample times, and the cache stays within twice the ingested files (the stage's goal)."""
     out = tmp_path / "loader.json"
     assert cli_main(["bench", "loader", "--shape", "64", "64", "32", "--input-size", "32", "32", "8",
-                     "--repeats", "1", "--out", str(out)]) == 0
+                     "--repeats", "3", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    for key in ("baseline_samples_per_s", "samples_per_s", "ratio", "cache_bytes_per_scan",
-                "ingested_bytes_per_scan", "peak_rss_bytes"):
-        assert r[key] > 0, key
     assert r["regions_per_sample"] == len(REGIONS)
-    assert r["ratio"] == round(r["samples_per_s"] / r["baseline_samples_per_s"], 2)
+    assert len(r["runs_s"]) == 3 and len(r["baseline_runs_s"]) == 1
+    assert r["samples_per_s"] == pytest.approx(len(r["runs_s"]) / sum(r["runs_s"]), rel=0.02)
+    assert r["baseline_samples_per_s"] == pytest.approx(1 / sum(r["baseline_runs_s"]), rel=0.02)
+    assert r["ratio"] >= 5, r
+    assert r["ratio"] == pytest.approx(sum(r["baseline_runs_s"]) * len(r["runs_s"]) / sum(r["runs_s"]), rel=0.02)
+    assert r["cache_to_ingested"] == pytest.approx(r["cache_bytes_per_scan"] / r["ingested_bytes_per_scan"],
+                                                   rel=0.01)
+    assert r["cache_to_ingested"] <= 2
 
 
 class _Conn:
@@ -71,15 +79,28 @@ def test_loader_baseline_reads_every_file_as_float64_with_nibabel(tmp_path, monk
     assert {d for _, d in loaded} == {np.dtype(np.float64)}
 
 
-def test_bench_padding_and_frozen_write_their_keys(monkeypatch):
+def test_bench_padding_beats_fixed_length_and_frozen_agrees_with_its_features():
+    """Padding to the longest sample against padding to 2048 tokens, one step each in the same run: about 11x
+    measured at this size (193 real tokens) on the idle machine, so at least 3x holds with margin under load;
+    the rates agree with the step times. The frozen-ViT benchmark gains nothing measurable at this size (0.94
+    measured), so no speed bound: its cached features are the ViT's tokens of the global volume and each
+    region in fp16, and the first loss matches running the ViT."""
+    from reg2rg.model import load_preset
+
     p = bench.bench_padding(batch_size=1, steps=1, regions=2)
-    for key in ("baseline_tokens_per_s", "tokens_per_s", "ratio"):
-        assert p[key] > 0
-    assert max(p["padded_length_per_batch"]) < bench.PAD_TO
+    real = p["real_tokens_per_sample"]
+    assert p["padded_length_per_batch"] == [real] and real < bench.PAD_TO  # one sample: no padding at all
+    assert p["tokens_per_s"] == pytest.approx(real / p["step_s"], rel=0.02)
+    assert p["baseline_tokens_per_s"] == pytest.approx(real / p["baseline_step_s"], rel=0.02)
+    assert p["ratio"] >= 3, p
+    assert p["ratio"] == pytest.approx(p["baseline_step_s"] / p["step_s"], rel=0.02)
     f = bench.bench_frozen(batch_size=1, steps=1, regions=2)
-    for key in ("baseline_step_s", "step_s", "ratio", "feature_bytes_per_scan"):
-        assert f[key] > 0
+    vit = load_preset("tiny").vit
+    tokens = int(np.prod([s // k for s, k in zip(f["input_size"], vit.patch_size)]))
+    assert f["feature_bytes_per_scan"] == (1 + 2) * tokens * vit.dim * 2
     assert f["first_loss_abs_diff"] < 1e-3
+    assert f["samples_per_s"] == pytest.approx(1 / f["step_s"], rel=0.02)
+    assert f["ratio"] == pytest.approx(f["baseline_step_s"] / f["step_s"], rel=0.02)
 
 
 def test_training_on_cached_vit_features_gives_the_same_losses(tmp_path):

@@ -31,6 +31,38 @@ def model(trained):
     return load_trained(trained[0])
 
 
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    """A test manifest of three synthetic chest scans (the loader benchmark's phantom with its ten region masks)
+    and one excluded scan, cached by the cache stage's own code (cache_manifest, as rule cache_shard runs it) for
+    the tiny models' input size, laid out as the workflow does: results/x/{manifest/test.parquet,cache/}."""
+    from reg2rg.bench import LOADER_SPACING, write_loader_scan
+    from reg2rg.cache import cache_manifest
+    from reg2rg.manifest import read_manifest
+
+    root = tmp_path_factory.mktemp("generate") / "results" / "x"
+    rows = []
+    for k in range(4):
+        case = f"scan_{k}"
+        files = write_loader_scan(root.parent.parent / "scans" / case, (48, 48, 24), seed=k)
+        included = k < 3
+        rows.append({
+            "case_id": case, "split": "test", "source_split": "valid", "status": "included" if included else
+            "excluded", "reason": "" if included else "ingest failed: truncated file", "image": str(files["volume"]),
+            "volume": str(files["volume"]) if included else None, "mask": str(files["label"]) if included else None,
+            "size": [48, 48, 24], "spacing": list(LOADER_SPACING), "origin": [0.0, 0.0, 0.0],
+            "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "intensity_mode": "hu",
+            "region_status": ["present"] * len(REGIONS), "region_texts": [f"{a} text {k}." for a in REGIONS],
+            "regions_usable": list(REGIONS) if included else [], "report": f"report {k}", "labels": None,
+            "notes": []})
+    manifest = root / "manifest" / "test.parquet"
+    manifest.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(manifest, index=False)
+    status = cache_manifest(read_manifest(manifest), root / "cache", threads=1, input_size=(32, 32, 8))
+    assert status["status"].tolist() == ["ok", "ok", "ok", "skipped"]
+    return manifest, root / "cache"
+
+
 def _capture_generation_configs(model, monkeypatch) -> list:
     seen = []
     original = model.llm.generate
@@ -140,36 +172,34 @@ def test_no_sampling_inherited_from_a_generation_config_beside_the_llm(trained, 
 
 
 @pytest.mark.slow
-def test_generate_command(trained, tmp_path, monkeypatch):
-    """`reg2rg generate`: options -> settings -> the Parquet file and the model's run metadata (the manifest and
-    cache readers are replaced by the synthetic scans)."""
-    import reg2rg.data
-    import reg2rg.manifest
+def test_generate_command(trained, real_cache, tmp_path):
+    """`reg2rg generate`: options -> settings -> the Parquet file and the model's run metadata, on a real cache
+    beside the manifest (the cache stage's files, found from the manifest's path) and the trained model saved
+    with save_pretrained; the table is what generate_predictions gives on Reg2RGDataset over the same files."""
     from reg2rg.cli import main
+    from reg2rg.data import Reg2RGDataset
+    from reg2rg.manifest import read_manifest
 
-    model_dir, ds = trained
-    calls = {}
-
-    def fake_dataset(manifest_df, cache_dir, input_size, split=None, text=True, lfd=True):
-        calls.update(cache_dir=Path(cache_dir), input_size=tuple(input_size), split=split, text=text, lfd=lfd)
-        return torch.utils.data.Subset(ds, range(3))
-
-    monkeypatch.setattr(reg2rg.manifest, "read_manifest", lambda path: pd.DataFrame())
-    monkeypatch.setattr(reg2rg.data, "Reg2RGDataset", fake_dataset)
+    model_dir, _ = trained
+    manifest, cache_dir = real_cache
     out = tmp_path / "out/predictions.parquet"
-    manifest = tmp_path / "results/x/manifest/test.parquet"
     assert main(["generate", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(out),
                  "--max-new-tokens", "40", "--shuffle-regions", "--seed", "4", "--batch-size", "2"]) == 0
-    assert calls == {"cache_dir": tmp_path / "results/x/cache", "input_size": (32, 32, 8), "split": None,
-                     "text": False, "lfd": True}
     df = pd.read_parquet(out)
-    assert list(df.columns) == list(COLUMNS) and len(df) == 3
+    assert list(df.columns) == list(COLUMNS)
+    assert df["case_id"].tolist() == ["scan_0", "scan_1", "scan_2"]  # the excluded scan is not generated for
+    ds = Reg2RGDataset(read_manifest(manifest), cache_dir, (32, 32, 8), split=None, text=False)
+    for row, i in zip(df.itertuples(), range(len(ds))):
+        assert sorted(row.region_areas) == sorted(REGIONS[r] for r in ds[i]["regions"])
+        assert row.n_regions == len(ds[i]["regions"]) and row.generated_tokens > 0
     decoding = json.loads(df["decoding"].iloc[0])
     assert decoding["max_new_tokens"] == 40 and decoding["shuffle_regions"] is True and decoding["seed"] == 4
     run = json.loads((model_dir / "run_config.json").read_text())
     assert set(df["config_digest"]) == {run["config_digest"]} and set(df["model_preset"]) == {"tiny"}
     assert set(df["dataset"]) == {"synthetic"}
-    assert recognition(df) == (int(df["n_regions"].sum()), int(df["n_regions"].sum()))
+    direct = generate_predictions(load_trained(model_dir), ds, GenerationSettings(
+        max_new_tokens=40, shuffle_regions=True, seed=4, batch_size=2), progress=False)
+    assert df["prediction"].tolist() == direct["prediction"].tolist()
 
 
 def test_workflow_radgenome_predictions_without_root_names_the_key(tmp_path):
@@ -226,10 +256,12 @@ def test_demo_workflow_trains_and_generates(tmp_path):
     assert "rule train" in log
 
 
-def _random_tiny_model_and_items(tmp_path, n=3):
-    """A randomly initialised tiny model (no training) and n cache-like items: sampling from it is near uniform,
-    so two seeds give different texts."""
-    from reg2rg.model import build_model, load_preset, load_tokenizer, train_tiny_tokenizer
+def _random_tiny_model_and_items(tmp_path, real_cache):
+    """A randomly initialised tiny model (no training) saved with save_trained and loaded back as generate does,
+    and the items of the real cache: sampling from it is near uniform, so two seeds give different texts."""
+    from reg2rg.data import Reg2RGDataset
+    from reg2rg.manifest import read_manifest
+    from reg2rg.model import build_model, load_preset, load_tokenizer, save_trained, train_tiny_tokenizer
 
     texts = ["No pleural effusion.", "Heart size is normal.", "A 6 mm nodule in the right upper lobe."] * 5
     train_tiny_tokenizer(texts, 300, tmp_path / "tok")
@@ -240,18 +272,13 @@ def _random_tiny_model_and_items(tmp_path, n=3):
                                      "num_key_value_heads": 4, "intermediate_size": 64,
                                      "max_position_embeddings": 1024}})
     torch.manual_seed(0)
-    model = build_model(cfg, tok).eval()
-    gen = torch.Generator().manual_seed(1)
-    x, y, z = cfg.input_size
-    items = [{"case_id": f"case_{i}", "global": torch.rand(1, z, y, x, generator=gen),
-              "texture": torch.rand(2, 1, z, y, x, generator=gen),
-              "geometry": (torch.rand(2, 1, z, y, x, generator=gen) > 0.5).float(),
-              "regions": [5, 4], "region_texts": ["Clear lungs.", "Normal heart."], "report": None}
-             for i in range(n)]
-    return model, items
+    save_trained(build_model(cfg, tok), tmp_path / "model")
+    model = load_trained(tmp_path / "model")
+    manifest, cache_dir = real_cache
+    return model, Reg2RGDataset(read_manifest(manifest), cache_dir, model.config.input_size, split=None, text=False)
 
 
-def test_authors_decoding_preset_and_seeded_sampling(tmp_path):
+def test_authors_decoding_preset_and_seeded_sampling(tmp_path, real_cache):
     from reg2rg.generate import DECODING_PRESETS
 
     default = GenerationSettings.from_dict({})
@@ -266,7 +293,7 @@ def test_authors_decoding_preset_and_seeded_sampling(tmp_path):
     with pytest.raises(Exception, match="generation.decoding: 'nucleus'"):
         GenerationSettings.from_dict({"decoding": "nucleus"})
 
-    model, items = _random_tiny_model_and_items(tmp_path)
+    model, items = _random_tiny_model_and_items(tmp_path, real_cache)
 
     def run(seed):
         settings = GenerationSettings.from_dict({"decoding": "authors", "seed": seed, "batch_size": 2},

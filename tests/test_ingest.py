@@ -26,7 +26,7 @@ from reg2rg.ingest import (
     to_canonical,
 )
 
-from conftest import REPO, SHARED_DATA as DATA
+from conftest import REPO, SHARED_DATA as DATA, needs_fixtures
 CIP = DATA / "cip-ct64"
 CIP_DICOM = CIP / "ct-64Dicom"
 CIP_NRRD = CIP / "ct-64.nrrd"
@@ -35,7 +35,7 @@ TOTALSEG_CT = DATA / "totalseg-chest-crop" / "ct_cropped.nii.gz"
 CIP_SPACING = tuple(sitk.ReadImage(str(CIP_NRRD)).GetSpacing()) if CIP_NRRD.is_file() else None
 LUNG_MEAN_HU = -874.0  # the fixture's README: mean HU inside wholeLung-64
 
-pytestmark = pytest.mark.skipif(not CIP_DICOM.is_dir(), reason=f"fixtures not found under {DATA}")
+pytestmark = needs_fixtures(CIP_DICOM, CIP_NRRD, CIP_LUNG, TOTALSEG_CT)
 
 
 def _array(path) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_fixtures
 
 from reg2rg.constants import ABNORMALITY_LABELS
 from reg2rg.errors import InputError
@@ -16,7 +16,7 @@ from reg2rg.evaluate import labelers as L
 
 REPO = Path(__file__).resolve().parent.parent
 CT_CLIP_CSV = SHARED_DATA / "ct-clip-reports" / "train.csv"
-needs_reports = pytest.mark.skipif(not CT_CLIP_CSV.is_file(), reason=f"{CT_CLIP_CSV} not present")
+needs_reports = needs_fixtures(CT_CLIP_CSV)
 
 CASES = [
     ("No pleural or pericardial effusion.", []),
