@@ -207,7 +207,8 @@ def _add_report(sub):
     p.add_argument("--masks", help="folder with one {region}.nii.gz per region, or a reg2rg uint16 label file")
     p.add_argument("--segmenter", choices=["sat"], help="segment the scan instead of --masks (needs SAT configured)")
     p.add_argument("--sat-config", help="with --segmenter sat: YAML with the keys of datasets.<name>.segmentation.sat "
-                                        "(repo, checkpoint, text_encoder_checkpoint, ...; optionally prompts)")
+                                        "(repo, checkpoint, text_encoder_checkpoint, ...; optionally prompts, "
+                                        "pleura_margin_mm)")
     p.add_argument("--out", required=True, help="report JSON to write")
     p.add_argument("--html", help="also write this self-contained HTML page")
     p.add_argument("--series", help="DICOM series when the folder holds several: its SeriesInstanceUID or #hash")

@@ -137,7 +137,8 @@ def place_masks(volume_path, masks, out_path, work) -> dict:
 
 def load_sat_config(path) -> dict:
     """SAT settings from a YAML file with the keys of `datasets.<name>.segmentation.sat` in config/config.yaml
-    (repo, checkpoint, text_encoder_checkpoint, vision_backbone, ...; optionally `prompts`)."""
+    (repo, checkpoint, text_encoder_checkpoint, vision_backbone, ...; optionally `prompts` and
+    `pleura_margin_mm`, as in `segmentation`)."""
     import yaml
 
     path = Path(path)

@@ -175,6 +175,23 @@ def test_sat_import_derives_the_pleura_from_the_lung_lobes(cip_sat, tmp_path):
     assert "heart" in info["derived"]["excluded"] and "lung" not in info["derived"]["excluded"]
 
 
+def test_the_pleura_margin_is_the_configured_one(cip_sat, tmp_path):
+    """segmentation.pleura_margin_mm reaches the shell and the sidecar (rule sat_import_shard passes it)."""
+    from reg2rg.masks import read_region_masks
+
+    vol, d, rec, hu, masks = cip_sat
+    sides, shells = {}, {}
+    for margin in (None, 10.0):
+        out = tmp_path / f"m{margin}.nii.gz"
+        sides[margin] = sat.import_sat_case(vol, d / "sat", d / "in" / "cip.json", sat.region_prompts(None), out,
+                                            tmp_path / f"w{margin}", pleura_margin_mm=margin)
+        shells[margin] = read_region_masks(out)[0][REGIONS.index("pleura")]
+    assert sides[None]["segmentation"]["regions"]["pleura"]["derived"]["margin_mm"] == PLEURA_MARGIN_MM == 20.0
+    assert sides[10.0]["segmentation"]["regions"]["pleura"]["derived"]["margin_mm"] == 10.0
+    # the 10 mm shell lies inside the 20 mm one and is clearly thinner
+    assert not (shells[10.0] & ~shells[None]).any() and 0 < shells[10.0].sum() < 0.7 * shells[None].sum()
+
+
 def test_a_users_pleura_prompt_or_empty_list_is_kept(cip_sat, tmp_path):
     from reg2rg.masks import read_region_masks
 

@@ -375,15 +375,17 @@ def _sat_input_hu(record: dict) -> np.ndarray:
     return ras_to_lps_array(np.asarray(arr))
 
 
-def derive_region(region: str, unions: dict[str, np.ndarray | None], record: dict) -> tuple[np.ndarray | None, dict]:
+def derive_region(region: str, unions: dict[str, np.ndarray | None], record: dict,
+                  margin_mm: float | None = None) -> tuple[np.ndarray | None, dict]:
     """A DERIVED_REGIONS region from the other regions' masks on SAT's input grid (LPS [z, y, x] arrays):
-    the pleura is the pleural space around the lung (reg2rg.segment.derived.pleural_space: PLEURA_MARGIN_MM,
-    inside the body of SAT's input image, outside every other region). None when its source region has no
-    mask. Returns the mask and what the sidecar records of it."""
+    the pleura is the pleural space around the lung (reg2rg.segment.derived.pleural_space: `margin_mm`, None for
+    PLEURA_MARGIN_MM; inside the body of SAT's input image, outside every other region). None when its source
+    region has no mask. Returns the mask and what the sidecar records of it."""
     from reg2rg.segment import derived
 
+    margin_mm = derived.PLEURA_MARGIN_MM if margin_mm is None else float(margin_mm)
     source = DERIVED_REGIONS[region]
-    info = {"from": source, "how": "pleural_space", "margin_mm": derived.PLEURA_MARGIN_MM,
+    info = {"from": source, "how": "pleural_space", "margin_mm": margin_mm,
             "body_hu": derived.BODY_HU, "excluded": [r for r in REGIONS if r not in (region, source)]}
     lungs = unions.get(source)
     if lungs is None:
@@ -392,19 +394,20 @@ def derive_region(region: str, unions: dict[str, np.ndarray | None], record: dic
     others = [m for r, m in unions.items() if r not in (region, source) and m is not None]
     exclude = np.logical_or.reduce(others) if others else None
     body = derived.body_mask(_sat_input_hu(record))
-    return derived.pleural_space(lungs, spacing, derived.PLEURA_MARGIN_MM, body=body, exclude=exclude), info
+    return derived.pleural_space(lungs, spacing, margin_mm, body=body, exclude=exclude), info
 
 
 def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[str]], out_path,
-                    work_dir, derive: tuple[str, ...] | None = None) -> dict:
+                    work_dir, derive: tuple[str, ...] | None = None, pleura_margin_mm: float | None = None) -> dict:
     """Import one scan's SAT output: for each region the union of its prompts' masks, restored to SAT's input
     grid (record), written to `work_dir/{region}.nii.gz`, then placed on the ingested volume's grid in
     physical space by reg2rg.masks.import_region_masks (one uint16 label file + sidecar at `out_path`).
     The regions in `derive` are made from the others' masks instead (derive_region); they must have no
     prompts. Default: the DERIVED_REGIONS regions without prompts in `prompts` (the workflow passes
-    derived_regions(config prompts), so that a user's empty list leaves the pleura unsegmented). The sidecar gains a `segmentation` block: backend,
-    prompts per region, the prompts SAT wrote no file for, voxels per prompt, how derived regions were made.
-    Raises InputError when SAT's output for the scan is absent or misshapen."""
+    derived_regions(config prompts), so that a user's empty list leaves the pleura unsegmented), the pleura with
+    `pleura_margin_mm` (segmentation.pleura_margin_mm; None: PLEURA_MARGIN_MM). The sidecar gains a
+    `segmentation` block: backend, prompts per region, the prompts SAT wrote no file for, voxels per prompt, how
+    derived regions were made. Raises InputError when SAT's output for the scan is absent or misshapen."""
     import SimpleITK as sitk
 
     from reg2rg.masks import import_region_masks, sidecar_path
@@ -449,7 +452,7 @@ def import_sat_case(volume_path, sat_dir, record_path, prompts: dict[str, list[s
         info[region] = {"prompts": prompts[region], "found": found, "missing": missing, "voxels": voxels}
         unions[region] = union
     for region in derive:
-        unions[region], how = derive_region(region, unions, record)
+        unions[region], how = derive_region(region, unions, record, pleura_margin_mm)
         info[region]["derived"] = {**how, "voxels": None if unions[region] is None else int(unions[region].sum())}
     g = record["sat_input"]["grid_lps"]
     for region in REGIONS:
@@ -604,7 +607,8 @@ def run_sat_case(volume_path, out_path, work_dir, settings: dict) -> dict:
     region_prompts(settings["prompts"]), SAT's inference (run_sat), and the import (import_sat_case) into
     `out_path` (the masks stage's uint16 label file + sidecar). Returns the sidecar. `settings`: the keys of
     `segmentation.sat` (repo, checkpoint, text_encoder_checkpoint, text_encoder_model, ...), optionally `prompts`,
-    `intensity_mode` (hu, the default for ingested scans, or windowed) and `windowed_window`."""
+    `intensity_mode` (hu, the default for ingested scans, or windowed), `windowed_window` and
+    `pleura_margin_mm`."""
     settings = dict(settings or {})
     s = sat_settings(settings)
     prompts = region_prompts(settings.get("prompts"))
@@ -620,4 +624,5 @@ def run_sat_case(volume_path, out_path, work_dir, settings: dict) -> dict:
     out_dir = work_dir / "sat_output"
     run_sat(s, jsonl, out_dir, work_dir / "sat_run.log")
     return import_sat_case(volume_path, out_dir / SAT_DATASET, input_dir / f"{case_id}.json", prompts, out_path,
-                           work_dir / "sat_regions", derive=derived_regions(settings.get("prompts")))
+                           work_dir / "sat_regions", derive=derived_regions(settings.get("prompts")),
+                           pleura_margin_mm=settings.get("pleura_margin_mm"))

@@ -61,7 +61,7 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
 
 
 def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, standin: dict | None = None,
-                derive: tuple[str, ...] | None = None):
+                derive: tuple[str, ...] | None = None, pleura_margin_mm: float | None = None):
     import json
 
     if not Path(record_path).is_file():
@@ -77,7 +77,8 @@ def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, 
                                       f"{standin['shape_ras']}, ours {rec['crop']['start']}..{rec['crop']['end']} of "
                                       f"{rec['sat_input']['shape_ras']}); the demo's stand-in assumes ingestion at "
                                       f"{standin.get('spacing')} mm")
-    side = sat.import_sat_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, derive=derive)
+    side = sat.import_sat_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, derive=derive,
+                               pleura_margin_mm=pleura_margin_mm)
     if standin is not None:
         from reg2rg.masks import sidecar_path
 
@@ -87,11 +88,13 @@ def import_case(volume_path, sat_dir, record_path, prompts, out_path, work_dir, 
 
 
 def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_dir, out_dir, work_dir,
-                     prompts: dict | None = None, threads: int = 1, standin_index=None):
+                     prompts: dict | None = None, threads: int = 1, standin_index=None,
+                     pleura_margin_mm: float | None = None):
     """Import SAT's output (`{sat_dir}/seg_{case_id}/`) of every prepared scan into `{out_dir}/{case_id}.nii.gz`
     (the masks stage's format); regions without prompts in DERIVED_REGIONS (the pleura) are derived from the
-    lung masks. Returns `case_id, status, reason` for every inventory scan. `standin_index`:
-    the demo's standin.json (stand-in files are checked against our SAT input before import)."""
+    lung masks, within `pleura_margin_mm` of it (None: reg2rg.segment.derived.PLEURA_MARGIN_MM). Returns
+    `case_id, status, reason` for every inventory scan. `standin_index`: the demo's standin.json (stand-in files
+    are checked against our SAT input before import)."""
     import json
 
 
@@ -113,6 +116,7 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
                                    "record_path": Path(records_dir) / f"{inv.case_id}.json", "prompts": mapping,
                                    "out_path": Path(out_dir) / f"{inv.case_id}.nii.gz",
                                    "work_dir": Path(work_dir) / inv.case_id, "derive": derive,
+                                   "pleura_margin_mm": pleura_margin_mm,
                                    "standin": None if standin is None else standin.get(inv.case_id, {})}))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return run_per_case(import_case, jobs, threads=threads, desc="SAT import", not_run=skipped)

@@ -115,6 +115,7 @@ rule sat_import_shard:
         sat_dir=sat_output_dir,
         standin=sat_standin_index,
         prompts=lambda wc: segmentation_config(wc.dataset).get("prompts"),
+        pleura_margin_mm=lambda wc: segmentation_config(wc.dataset).get("pleura_margin_mm"),
     wildcard_constraints:
         dataset=datasets_regex(SAT_DATASETS),
     threads: config.get("threads", {}).get("masks", 2)

@@ -18,6 +18,7 @@ status = import_inventory(
     out_dir=params.out_dir,
     work_dir=params.work_dir,
     prompts=params.prompts,
+    pleura_margin_mm=params.pleura_margin_mm,
     threads=snakemake.threads,
     standin_index=params.standin,
 )
