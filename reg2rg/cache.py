@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ from reg2rg.data import (
     size_zyx,
     windowed_to_hu_scale,
 )
-from reg2rg.files import read_json, sha256_file as _sha256
+from reg2rg.files import atomic_path, read_json, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -303,13 +302,8 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     tensors.update(ct_tensors)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
     start, bsize = box_start_size(body)
     d = np.asarray(vol_geom["direction"]).reshape(3, 3)
@@ -334,9 +328,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     (log.warning if ratio > 2 else log.info)(
         "%s: body %s of %s (x, y, z), CT box %s as %s, %.1f MB = %.2fx its sources", out_path.name,
         meta["body"]["size"], vol_geom["size"], meta["ct"]["size"], ct_meta["encoding"], meta["bytes"] / 1e6, ratio)
-    tmp_side = side_path.with_name(f".{side_path.name}.tmp{os.getpid()}")
-    tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp_side, side_path)
+    write_json_atomic(side_path, meta, indent=1)
     return meta
 
 

@@ -32,13 +32,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from pathlib import Path
 
 from reg2rg.constants import OUTSIDE_HU
-from reg2rg.files import check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files
+from reg2rg.files import atomic_path, check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files, write_json_atomic
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -841,12 +840,6 @@ def _write_nifti(arr16, reference, path: Path) -> None:
         raw.unlink(missing_ok=True)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _cached(output: Path, sidecar: Path, sha: str, options: dict, version: str, rel: str | None) -> dict | None:
     if not (output.is_file() and sidecar.is_file()):
         return None
@@ -937,13 +930,8 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         log.warning("%s: %s (accepted: --accept-implausible-hu)", src.label, problem)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if output.name.endswith(".nii.gz") else ".nii"
-    tmp = output.with_name(f".{output.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
-    try:
+    with atomic_path(output, suffix=".nii.gz" if output.name.endswith(".nii.gz") else ".nii") as tmp:
         _write_nifti(arr16, resampled, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = {
         "source": _source_record(src, original, sha, source_root),
         # Geometry as the NIfTI file holds it (float32 origin and spacing).
@@ -954,7 +942,7 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         "options": options,
         "reg2rg_version": __version__,
     }
-    _write_json(sidecar, side)
+    write_json_atomic(side, sidecar)
     log.debug("%s: ingested in %.2f s", output.name, time.perf_counter() - t0)
     return sidecar
 

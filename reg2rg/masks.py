@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
-from reg2rg.files import check_nifti_complete, is_nifti, read_json, sha256_file as _sha256
+from reg2rg.files import atomic_path, check_nifti_complete, is_nifti, read_json, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -116,13 +115,8 @@ def write_label_file(label: np.ndarray, geom: dict, path: Path) -> None:
     img.SetDirection(geom["direction"])
     img.SetMetaData("ITK_FileNotes", LABEL_FILE_NOTE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
-    tmp = path.with_name(f".{stem}.tmp{os.getpid()}.nii.gz")
-    try:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _declared_label_file(path: Path) -> bool:
@@ -457,9 +451,7 @@ def import_region_masks(
         "format_version": FORMAT_VERSION,
         "reg2rg_version": __version__,
     }
-    tmp_side = side_path.with_name(f".{side_path.name}.tmp{os.getpid()}")
-    tmp_side.write_text(json.dumps(side, indent=2) + "\n")
-    os.replace(tmp_side, side_path)
+    write_json_atomic(side_path, side)
     return side
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from reg2rg.constants import REGIONS, region_index
-from reg2rg.files import sha256_file as _sha256
+from reg2rg.files import atomic_path, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -181,9 +181,7 @@ def foreground_box(arr_ras: np.ndarray) -> tuple[list[int], list[int]]:
 
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -245,9 +243,8 @@ def prepare_sat_input(volume_path, out_image, record_path, case_id: str, intensi
     img = nib.Nifti1Image(arr, affine)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
-    tmp = out_image.with_name(f".{case_id}.tmp{os.getpid()}.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, out_image)
+    with atomic_path(out_image, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
     record = {
         "format_version": FORMAT_VERSION,
         "case_id": case_id,
