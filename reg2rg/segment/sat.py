@@ -40,6 +40,7 @@ import numpy as np
 from reg2rg.constants import REGIONS, region_index
 from reg2rg.files import atomic_path, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import ConfigError, InputError
+from reg2rg.geometry import grid_record, resample_to_reference
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,7 @@ def sat_input_array(volume_path, intensity_mode: str = "hu", window: dict | None
         arr[zeros] = -1
         steps.append({"step": "zero_to_minus_one", "voxels": int(zeros.sum()),
                       "why": "SAT crops to voxels > 0; no voxel sits at the threshold"})
-    geom = {"size": [int(v) for v in img.GetSize()], "spacing": [float(v) for v in img.GetSpacing()],
-            "origin": [float(v) for v in img.GetOrigin()], "direction": [float(v) for v in np.eye(3).ravel()]}
+    geom = {**grid_record(img), "direction": [float(v) for v in np.eye(3).ravel()]}  # snapped to identity
     return lps_to_ras_array(arr), ras_affine(geom["size"], geom["spacing"], geom["origin"]), steps, geom
 
 
@@ -299,13 +299,8 @@ def to_sat_grid(mask_image, record: dict) -> np.ndarray:
     of restore_sat_mask (used by stand-ins for a SAT run)."""
     import SimpleITK as sitk
 
-    g = record["sat_input"]["grid_lps"]
-    ref = sitk.Image([int(v) for v in g["size"]], sitk.sitkUInt8)
-    ref.SetSpacing(g["spacing"])
-    ref.SetOrigin(g["origin"])
-    ref.SetDirection(g["direction"])
     binary = sitk.Cast(mask_image > 0, sitk.sitkUInt8)
-    on_grid = sitk.Resample(binary, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    on_grid = resample_to_reference(binary, record["sat_input"]["grid_lps"])  # nearest neighbour, uint8, 0 outside
     ras = lps_to_ras_array(sitk.GetArrayFromImage(on_grid))
     s, e = record["crop"]["start"], record["crop"]["end"]
     return ras[s[0]:e[0], s[1]:e[1], s[2]:e[2]]
