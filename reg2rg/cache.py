@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +58,9 @@ from reg2rg.data import (
     size_zyx,
     windowed_to_hu_scale,
 )
-from reg2rg.files import read_json, sha256_file as _sha256
+from reg2rg.files import atomic_path, read_json, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import InputError
+from reg2rg.geometry import grid_record, itk_message, same_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ RAW_LIMIT = 1.9
 # A byte plane (or a geometry array) is stored zlib-compressed when that at least halves it.
 ZLIB_GAIN = 0.5
 ZLIB_LEVEL = 1
-
-_SPACING_RTOL = 1e-4
-_DIRECTION_ATOL = 1e-4
-_ORIGIN_FRACTION_OF_SPACING = 1e-3
 
 
 def sidecar_path(cache_path: str | Path) -> Path:
@@ -108,15 +104,6 @@ def _union(boxes: list[Box]) -> Box:
     return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
 
 
-def _short_error(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    for marker in ("ITK ERROR:", "sitk::ERROR:"):
-        if marker in text:
-            text = text.split(marker, 1)[1].strip()
-            break
-    return text[:300] if text else type(err).__name__
-
-
 def _read_image(path: Path, what: str):
     import SimpleITK as sitk
 
@@ -125,22 +112,11 @@ def _read_image(path: Path, what: str):
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(path, f"cannot read the {what}: {_short_error(err)}") from err
+        raise InputError(path, f"cannot read the {what}: {itk_message(err, short=True)}") from err
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"{what} must be a 3-D scalar image, got {img.GetDimension()}-D with "
                                f"{img.GetNumberOfComponentsPerPixel()} components")
-    geom = {"size": [int(v) for v in img.GetSize()], "spacing": [float(v) for v in img.GetSpacing()],
-            "origin": [float(v) for v in img.GetOrigin()], "direction": [float(v) + 0.0 for v in img.GetDirection()]}
-    return sitk.GetArrayFromImage(img), geom
-
-
-def _same_grid(a: dict, b: dict) -> bool:
-    if a["size"] != b["size"]:
-        return False
-    sa = np.asarray(a["spacing"])
-    return bool(np.allclose(sa, b["spacing"], rtol=_SPACING_RTOL, atol=0)
-                and np.allclose(a["direction"], b["direction"], atol=_DIRECTION_ATOL, rtol=0)
-                and np.all(np.abs(np.subtract(a["origin"], b["origin"])) <= _ORIGIN_FRACTION_OF_SPACING * sa.min()))
+    return sitk.GetArrayFromImage(img), grid_record(img)
 
 
 def _as_int16(ct: np.ndarray, path: Path) -> np.ndarray:
@@ -227,7 +203,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     if intensity_mode == "windowed":
         ct = windowed_to_hu_scale(ct)
     label, mask_geom = _read_image(mask_path, "region mask")
-    if not _same_grid(vol_geom, mask_geom):
+    if not same_grid(vol_geom, mask_geom):
         raise InputError(mask_path, f"the mask's grid (size {mask_geom['size']}, spacing {mask_geom['spacing']}, "
                                     f"origin {mask_geom['origin']}) differs from the volume's {volume_path} "
                                     f"(size {vol_geom['size']}, spacing {vol_geom['spacing']}, origin "
@@ -303,13 +279,8 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     tensors.update(ct_tensors)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
     start, bsize = box_start_size(body)
     d = np.asarray(vol_geom["direction"]).reshape(3, 3)
@@ -334,9 +305,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     (log.warning if ratio > 2 else log.info)(
         "%s: body %s of %s (x, y, z), CT box %s as %s, %.1f MB = %.2fx its sources", out_path.name,
         meta["body"]["size"], vol_geom["size"], meta["ct"]["size"], ct_meta["encoding"], meta["bytes"] / 1e6, ratio)
-    tmp_side = side_path.with_name(f".{side_path.name}.tmp{os.getpid()}")
-    tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp_side, side_path)
+    write_json_atomic(side_path, meta, indent=1)
     return meta
 
 

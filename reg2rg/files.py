@@ -1,6 +1,7 @@
 """Small file helpers shared by the stages."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Iterable
@@ -35,18 +36,33 @@ def read_json(path: str | Path, what: str = "file", hint: str = ""):
         raise InputError(path, f"not valid JSON: {err}") from None
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file beside it, renamed into place: a reader never
-    sees half a file, and an interrupted write leaves the old file (or none). Returns the path."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ""):
+    """The one atomic write: yields a temporary path beside `path` to write the file to (any writer: text,
+    Parquet, safetensors, NIfTI); when the block ends without an error the temporary file is renamed onto
+    `path` (os.replace), so a reader sees the old file or the whole new one, never a part. On an error it is
+    removed and the old file (or none) stays. The temporary name is hidden and names this process and thread
+    (two writers of one path do not share it); it ends in `suffix` for writers that choose the format by the
+    file name (".nii.gz": SimpleITK and nibabel compress by it)."""
     import os
+    import threading
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    base = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
+    tmp = path.with_name(f".{base}.tmp{os.getpid()}-{threading.get_ident()}{suffix}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (atomic_path): a reader never sees half a file, and an
+    interrupted write leaves the old file (or none). Returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

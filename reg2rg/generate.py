@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
+from reg2rg.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,8 @@ def generate(model_dir, manifest, out, *, cache=None, settings: GenerationSettin
             "config_digest": run.get("config_digest"), "model": str(model_dir)}
     df = generate_predictions(model, dataset, settings, device=device, meta=meta)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    df.to_parquet(partial, index=False)
-    os.replace(partial, out)
+    with atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
     done = int(df["finished"].sum())
     log.info("wrote %s: %d scans, %d ended with eos, %d stopped at max_new_tokens", out, len(df), done, len(df) - done)
     return out

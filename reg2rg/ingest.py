@@ -8,8 +8,8 @@ spacing exactly the target (default 1 x 1 x 3 mm), the origin at the first voxel
 Public API, reused by other stages:
 - `read_ct(...)` -> (SimpleITK image in HU with no metadata dictionary, info dict)
 - `to_canonical(image, interpolator)` and `resample_to_spacing(image, spacing, interpolator)`: pure
-  transforms on SimpleITK images (linear for CT, nearest for masks); `resample_to_reference` puts an
-  image on another image's grid in physical space (masks onto the ingested volume).
+  transforms on SimpleITK images (linear for CT, nearest for masks); putting an image on another grid is
+  reg2rg.geometry's `resample_to_reference`, as are the grid record and the ITK error text.
 - `estimate_air(array)`: the air-value sanity check recorded as `hu_check`.
 - `ingest(...)`: the whole stage for one scan, cached on the source's sha256 and the options.
 
@@ -32,14 +32,14 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from pathlib import Path
 
 from reg2rg.constants import OUTSIDE_HU
-from reg2rg.files import check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files
+from reg2rg.files import atomic_path, check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files, write_json_atomic
 from reg2rg.errors import InputError
+from reg2rg.geometry import grid_record, itk_message, outside_value, sitk_interpolator
 
 log = logging.getLogger(__name__)
 
@@ -104,32 +104,6 @@ def _floats(values) -> list[float]:
     return [float(v) for v in values]
 
 
-def geometry(image, float32: bool = False) -> dict:
-    """Size, spacing, origin and direction of a SimpleITK image, [x, y, z] order, as JSON-ready lists
-    (`float32`: rounded as a NIfTI header stores them)."""
-    import numpy as np
-
-    conv = (lambda v: [float(np.float32(x)) for x in v]) if float32 else _floats
-    return {
-        "size": [int(s) for s in image.GetSize()],
-        "spacing": conv(image.GetSpacing()),
-        "origin": conv(image.GetOrigin()),
-        "direction": _floats(image.GetDirection()),
-    }
-
-
-def _itk_message(err: Exception) -> str:
-    """The useful part of an ITK exception text (drop the C++ source location lines)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    keep = []
-    for ln in lines:
-        if ln.startswith("Exception thrown in SimpleITK") or ln.startswith("/") and ".cxx" in ln:
-            continue
-        keep.append(re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln))
-    text = "; ".join(keep) or str(err)
-    return text[:400]
-
-
 @contextlib.contextmanager
 def _itk_warnings_off():
     """ITK prints warnings (e.g. its own non-uniform slice note) straight to stderr; we check and log
@@ -149,26 +123,6 @@ def _strip_metadata(image):
     for key in image.GetMetaDataKeys():
         image.EraseMetaData(key)
     return image
-
-
-def _interpolator(interpolator):
-    import SimpleITK as sitk
-
-    if isinstance(interpolator, str):
-        table = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
-        try:
-            return table[interpolator.lower()]
-        except KeyError:
-            raise ValueError(f"unknown interpolator {interpolator!r}; use one of {', '.join(table)}") from None
-    return int(interpolator)
-
-
-def _default_value(interp: int, default_value):
-    import SimpleITK as sitk
-
-    if default_value is not None:
-        return float(default_value)
-    return 0.0 if interp == sitk.sitkNearestNeighbor else float(OUTSIDE_HU)
 
 
 # ------------------------------------------------------------------------------------ pure transforms
@@ -211,10 +165,10 @@ def to_canonical(image, interpolator="linear", default_value=None):
     spacing = np.asarray(out.GetSpacing(), dtype=float)
     lo, hi = phys.min(axis=0), phys.max(axis=0)
     new_size = [_grid_count(h - l, s) for l, h, s in zip(lo, hi, spacing)]
-    interp = _interpolator(interpolator)
+    interp = sitk_interpolator(interpolator)
     pixel = out.GetPixelID() if interp == sitk.sitkNearestNeighbor else sitk.sitkFloat32
     return sitk.Resample(out, new_size, sitk.Transform(), interp, tuple(lo), tuple(spacing),
-                         tuple(identity.ravel()), _default_value(interp, default_value), pixel)
+                         tuple(identity.ravel()), outside_value(interp, default_value), pixel)
 
 
 def resample_to_spacing(image, spacing, interpolator="linear", default_value=None, output_pixel_type=None):
@@ -232,7 +186,7 @@ def resample_to_spacing(image, spacing, interpolator="linear", default_value=Non
     target = tuple(float(s) for s in spacing)
     if len(target) != image.GetDimension() or min(target) <= 0:
         raise ValueError(f"spacing must be {image.GetDimension()} positive numbers, got {spacing!r}")
-    interp = _interpolator(interpolator)
+    interp = sitk_interpolator(interpolator)
     if output_pixel_type is None:
         output_pixel_type = image.GetPixelID() if interp == sitk.sitkNearestNeighbor else sitk.sitkFloat32
     in_size, in_spacing = image.GetSize(), image.GetSpacing()
@@ -244,20 +198,7 @@ def resample_to_spacing(image, spacing, interpolator="linear", default_value=Non
         out.SetSpacing(target)
         return out
     return sitk.Resample(image, size, sitk.Transform(), interp, image.GetOrigin(), target, image.GetDirection(),
-                         _default_value(interp, default_value), output_pixel_type)
-
-
-def resample_to_reference(image, reference, interpolator="nearest", default_value=None, output_pixel_type=None):
-    """Put `image` on `reference`'s grid (size, spacing, origin, direction) in physical space; never by
-    array index. Defaults as in `resample_to_spacing` (nearest keeps the pixel type, outside 0)."""
-    import SimpleITK as sitk
-
-    interp = _interpolator(interpolator)
-    if output_pixel_type is None:
-        output_pixel_type = image.GetPixelID() if interp == sitk.sitkNearestNeighbor else sitk.sitkFloat32
-    return sitk.Resample(image, reference.GetSize(), sitk.Transform(), interp, reference.GetOrigin(),
-                         reference.GetSpacing(), reference.GetDirection(), _default_value(interp, default_value),
-                         output_pixel_type)
+                         outside_value(interp, default_value), output_pixel_type)
 
 
 def to_int16_hu(array):
@@ -531,7 +472,7 @@ def _read_dicom(src: _Source, steps: list):
             with _itk_warnings_off():
                 img = sitk.ReadImage(str(g["files"][0]))
         except RuntimeError as err:
-            raise InputError(g["files"][0], f"cannot read the multi-frame DICOM: {_itk_message(err)}") from None
+            raise InputError(g["files"][0], f"cannot read the multi-frame DICOM: {itk_message(err)}") from None
         steps.append({"step": "read", "what": "multi-frame DICOM", "frames": g["slices"]})
         steps.append({"step": "rescale", "by": "DICOM RescaleSlope/RescaleIntercept, applied once by the reader"})
         return _strip_metadata(img)
@@ -544,7 +485,7 @@ def _read_dicom(src: _Source, steps: list):
         with _itk_warnings_off():
             img = reader.Execute()
     except RuntimeError as err:
-        raise InputError(src.path, f"cannot read the DICOM pixel data: {_itk_message(err)}") from None
+        raise InputError(src.path, f"cannot read the DICOM pixel data: {itk_message(err)}") from None
     _strip_metadata(img)
     steps.append({"step": "read", "what": "DICOM series", "slices": g["slices"], "series": g["series"],
                   "max_slice_jitter_mm": round(g["max_jitter_mm"], 6)})
@@ -592,7 +533,7 @@ def _read_file(src: _Source):
         with _itk_warnings_off():
             img = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(path, f"cannot read the {src.format} image: {_itk_message(err)}") from None
+        raise InputError(path, f"cannot read the {src.format} image: {itk_message(err)}") from None
     header = {k: img.GetMetaData(k) for k in ("scl_slope", "scl_inter") if img.HasMetaDataKey(k)}
     _strip_metadata(img)
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -769,7 +710,7 @@ def _read_pixels(src: _Source, metadata_csv, already_hu, meta=None, fill_nonfini
     steps: list = []
     if src.format == "dicom":
         img = _read_dicom(src, steps)
-        original = geometry(img)
+        original = grid_record(img, negative_zero=True)
     else:
         img, header = _read_file(src)
         steps.append({"step": "read", "what": src.format})
@@ -780,7 +721,7 @@ def _read_pixels(src: _Source, metadata_csv, already_hu, meta=None, fill_nonfini
             steps.append({"step": "rescale", "by": "none: already in HU (--already-hu)"})
         else:
             steps.append({"step": "rescale", "by": "image header (scl_slope/scl_inter where present)"})
-        original = geometry(img)  # for CT-RATE v1: the geometry from the metadata, the header's is unusable
+        original = grid_record(img, negative_zero=True)  # for CT-RATE v1: the geometry from the metadata, the header's is unusable
     img = _check_finite(img, src, fill_nonfinite, steps)
     return img, original, steps
 
@@ -839,12 +780,6 @@ def _write_nifti(arr16, reference, path: Path) -> None:
                 shutil.copyfileobj(fin, gz, 1 << 22)
     finally:
         raw.unlink(missing_ok=True)
-
-
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _cached(output: Path, sidecar: Path, sha: str, options: dict, version: str, rel: str | None) -> dict | None:
@@ -937,24 +872,19 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         log.warning("%s: %s (accepted: --accept-implausible-hu)", src.label, problem)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if output.name.endswith(".nii.gz") else ".nii"
-    tmp = output.with_name(f".{output.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
-    try:
+    with atomic_path(output, suffix=".nii.gz" if output.name.endswith(".nii.gz") else ".nii") as tmp:
         _write_nifti(arr16, resampled, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = {
         "source": _source_record(src, original, sha, source_root),
         # Geometry as the NIfTI file holds it (float32 origin and spacing).
-        "output": {"path": output.name, **geometry(resampled, float32=True), "dtype": "int16",
+        "output": {"path": output.name, **grid_record(resampled, float32=True, negative_zero=True), "dtype": "int16",
                    "sha256": _sha256_files([output])},
         "steps": steps,
         "hu_check": hu,
         "options": options,
         "reg2rg_version": __version__,
     }
-    _write_json(sidecar, side)
+    write_json_atomic(side, sidecar)
     log.debug("%s: ingested in %.2f s", output.name, time.perf_counter() - t0)
     return sidecar
 

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import MASK_DTYPE, REGIONS, region_index
-from reg2rg.files import check_nifti_complete, is_nifti, read_json, sha256_file as _sha256
+from reg2rg.files import atomic_path, check_nifti_complete, is_nifti, read_json, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import InputError
+from reg2rg.geometry import grid_record, itk_message, resample_to_reference, same_grid
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ STATUS_MISSING = "missing"
 STATUS_EMPTY = "empty"
 STATUS_OUTSIDE = "outside"
 STATUS_ERROR_PREFIX = "error: "
-
-# Two grids are "the same" when they agree to within these tolerances (mm for origin, relative for spacing).
-_SPACING_RTOL = 1e-4
-_DIRECTION_ATOL = 1e-4
-_ORIGIN_FRACTION_OF_SPACING = 1e-3
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -116,13 +111,8 @@ def write_label_file(label: np.ndarray, geom: dict, path: Path) -> None:
     img.SetDirection(geom["direction"])
     img.SetMetaData("ITK_FileNotes", LABEL_FILE_NOTE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.name[:-7] if path.name.endswith(".nii.gz") else path.stem
-    tmp = path.with_name(f".{stem}.tmp{os.getpid()}.nii.gz")
-    try:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _declared_label_file(path: Path) -> bool:
@@ -154,7 +144,7 @@ def read_label_file(path: str | Path) -> tuple[np.ndarray, object]:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(path, f"cannot read: {_short_error(err)}") from err
+        raise InputError(path, f"cannot read: {itk_message(err, short=True)}") from err
     label = sitk.GetArrayFromImage(img)
     if not declared:
         values = np.unique(label)
@@ -206,27 +196,6 @@ def radgenome_mask_files(mask_root: str | Path, case_id: str) -> dict[str, Path 
     return region_mask_files(Path(mask_root) / f"seg_{case_id}")
 
 
-def _geometry(size, spacing, origin, direction) -> dict:
-    return {
-        "size": [int(s) for s in size],
-        "spacing": [float(s) for s in spacing],
-        "origin": [float(s) for s in origin],
-        "direction": [float(s) + 0.0 for s in direction],  # + 0.0: no "-0.0" in JSON
-    }
-
-
-def _same_grid(a: dict, b: dict) -> bool:
-    if a["size"] != b["size"]:
-        return False
-    sa, sb = np.asarray(a["spacing"]), np.asarray(b["spacing"])
-    if not np.allclose(sa, sb, rtol=_SPACING_RTOL, atol=0):
-        return False
-    if not np.allclose(a["direction"], b["direction"], atol=_DIRECTION_ATOL, rtol=0):
-        return False
-    tol = _ORIGIN_FRACTION_OF_SPACING * float(np.min(sa))
-    return bool(np.all(np.abs(np.asarray(a["origin"]) - np.asarray(b["origin"])) <= tol))
-
-
 def _physical_bbox(geom: dict, index_lo, index_hi) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounding box (mm, LPS) of the voxel-index box [lo, hi] (inclusive, ITK order)."""
     d = np.asarray(geom["direction"]).reshape(3, 3)
@@ -245,17 +214,6 @@ def _fmt_box(lo, hi) -> str:
     return "[" + ", ".join(f"{a:.1f}..{b:.1f}" for a, b in zip(lo, hi)) + "] mm"
 
 
-def _short_error(err: Exception) -> str:
-    """A one-line version of an ITK exception message."""
-    text = " ".join(str(err).split())
-    # ITK messages look like "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123: ITK ERROR: ..."
-    for marker in ("ITK ERROR:", "sitk::ERROR:"):
-        if marker in text:
-            text = text.split(marker, 1)[1].strip()
-            break
-    return text[:300] if text else type(err).__name__
-
-
 def _image_header(path: Path, problem: str):
     """A SimpleITK reader with the header of `path` read (no voxels); InputError `problem: why` if it can't."""
     import SimpleITK as sitk
@@ -265,7 +223,7 @@ def _image_header(path: Path, problem: str):
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(path, f"{problem}: {_short_error(err)}") from err
+        raise InputError(path, f"{problem}: {itk_message(err, short=True)}") from err
     return reader
 
 
@@ -275,7 +233,7 @@ def _read_volume_geometry(volume_path: Path) -> dict:
     reader = _image_header(volume_path, "cannot read the volume")
     if reader.GetDimension() != 3:
         raise InputError(volume_path, f"volume is {reader.GetDimension()}-D, expected 3-D")
-    return _geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return grid_record(reader)
 
 
 def _place_one(path: Path, vol_geom: dict) -> dict:
@@ -295,7 +253,7 @@ def _place_one(path: Path, vol_geom: dict) -> dict:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
         rec["status"] = STATUS_ERROR_PREFIX + "unreadable image file"
-        rec["note"] = f"{path.name}: cannot read as an image: {_short_error(err)}"
+        rec["note"] = f"{path.name}: cannot read as an image: {itk_message(err, short=True)}"
         return rec
     if img.GetDimension() != 3:
         rec["status"] = STATUS_ERROR_PREFIX + f"{img.GetDimension()}-D image, expected 3-D"
@@ -306,12 +264,12 @@ def _place_one(path: Path, vol_geom: dict) -> dict:
         rec["note"] = f"{path.name}: not a scalar mask"
         return rec
 
-    src_geom = _geometry(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    src_geom = grid_record(img)
     src = sitk.GetArrayViewFromImage(img)
     binary = src > 0
     n_src = int(np.count_nonzero(binary))
     rec["source_voxels"] = n_src
-    same = _same_grid(src_geom, vol_geom)
+    same = same_grid(src_geom, vol_geom)
     rec["resampled"] = not same
     if n_src == 0:
         rec["status"] = STATUS_EMPTY
@@ -323,17 +281,7 @@ def _place_one(path: Path, vol_geom: dict) -> dict:
     else:
         bin_img = sitk.GetImageFromArray(binary.astype(np.uint8))
         bin_img.CopyInformation(img)
-        out = sitk.Resample(
-            bin_img,
-            vol_geom["size"],
-            sitk.Transform(),
-            sitk.sitkNearestNeighbor,
-            vol_geom["origin"],
-            vol_geom["spacing"],
-            vol_geom["direction"],
-            0,
-            sitk.sitkUInt8,
-        )
+        out = resample_to_reference(bin_img, vol_geom)  # nearest neighbour, uint8, 0 outside
         placed = sitk.GetArrayFromImage(out) > 0
     n = int(np.count_nonzero(placed))
     if n == 0:
@@ -457,9 +405,7 @@ def import_region_masks(
         "format_version": FORMAT_VERSION,
         "reg2rg_version": __version__,
     }
-    tmp_side = side_path.with_name(f".{side_path.name}.tmp{os.getpid()}")
-    tmp_side.write_text(json.dumps(side, indent=2) + "\n")
-    os.replace(tmp_side, side_path)
+    write_json_atomic(side_path, side)
     return side
 
 

@@ -208,10 +208,10 @@ def build_report(row: dict, mask_side: dict, case: dict, model_info: dict, decod
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from reg2rg.files import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None, html=None, settings=None,

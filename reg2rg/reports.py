@@ -20,13 +20,13 @@ Output columns (one row per scan, in order of first appearance):
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import InputError
+from reg2rg.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +210,8 @@ def write_region_reports(df: pd.DataFrame, path: str | Path) -> None:
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_region_reports(path: str | Path) -> pd.DataFrame:

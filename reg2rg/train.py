@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
+from reg2rg.files import atomic_path
 
 log = logging.getLogger("reg2rg.train")  # the same name under `python -m`
 
@@ -430,10 +431,9 @@ def cache_vit_features(visual, dataset, folder, *, device="cpu", rank: int = 0, 
         vol = torch.cat([item["global"][None], item["texture"]]).permute(0, 1, 4, 3, 2)  # [N, 1, X, Y, Z]
         with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
             feats = visual.vit_features(vol.to(device=device, dtype=dtype)).to("cpu", torch.float16)
-        tmp = path.with_name(path.name + ".partial")
-        save_file({"global": feats[0].contiguous(), "texture": feats[1:].contiguous()}, str(tmp),
-                  metadata={"vit_sha256": digest, "regions": json.dumps([int(r) for r in item["regions"]])})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"global": feats[0].contiguous(), "texture": feats[1:].contiguous()}, str(tmp),
+                      metadata={"vit_sha256": digest, "regions": json.dumps([int(r) for r in item["regions"]])})
         done += 1
     return done
 

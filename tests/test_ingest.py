@@ -17,11 +17,11 @@ import pytest
 import SimpleITK as sitk
 
 from reg2rg.errors import InputError
+from reg2rg.geometry import resample_to_reference
 from reg2rg.ingest import (
     estimate_air,
     ingest,
     read_ct,
-    resample_to_reference,
     resample_to_spacing,
     to_canonical,
 )

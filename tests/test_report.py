@@ -134,14 +134,15 @@ def test_page_screenshot_shows_the_overlay_colours(made, tmp_path):
 def _label_file(masks_dir: Path, path: Path, declared: bool = True) -> Path:
     """The lung mask of `masks_dir` as a reg2rg label file (as the masks stage writes it, or, not declared, as
     a bare bit-packed image)."""
-    from reg2rg.masks import _geometry, pack_masks, write_label_file
+    from reg2rg.geometry import grid_record
+    from reg2rg.masks import pack_masks, write_label_file
 
     lung = sitk.ReadImage(str(masks_dir / "lung.nii.gz"))
     arr = np.zeros((len(REGIONS),) + sitk.GetArrayFromImage(lung).shape, bool)
     arr[REGIONS.index("lung")] = sitk.GetArrayFromImage(lung) > 0
     path.parent.mkdir(parents=True, exist_ok=True)
     if declared:
-        geom = _geometry(lung.GetSize(), lung.GetSpacing(), lung.GetOrigin(), lung.GetDirection())
+        geom = grid_record(lung)
         write_label_file(pack_masks(arr), geom, path)
     else:
         label = sitk.GetImageFromArray(pack_masks(arr))

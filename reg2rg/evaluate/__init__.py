@@ -371,12 +371,11 @@ def write_metrics(metrics: dict, path: str | Path) -> Path:
     """Validate, then write metrics.json (NaN written as null)."""
     metrics = _nan_to_none(metrics)
     validate_metrics(metrics)
+    from reg2rg.files import write_json_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json_atomic(path, metrics, allow_nan=False)
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from reg2rg.constants import REGIONS, region_index
-from reg2rg.files import sha256_file as _sha256
+from reg2rg.files import atomic_path, sha256_file as _sha256, write_json_atomic
 from reg2rg.errors import ConfigError, InputError
+from reg2rg.geometry import grid_record, resample_to_reference
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,7 @@ def foreground_box(arr_ras: np.ndarray) -> tuple[list[int], list[int]]:
 
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -223,8 +222,7 @@ def sat_input_array(volume_path, intensity_mode: str = "hu", window: dict | None
         arr[zeros] = -1
         steps.append({"step": "zero_to_minus_one", "voxels": int(zeros.sum()),
                       "why": "SAT crops to voxels > 0; no voxel sits at the threshold"})
-    geom = {"size": [int(v) for v in img.GetSize()], "spacing": [float(v) for v in img.GetSpacing()],
-            "origin": [float(v) for v in img.GetOrigin()], "direction": [float(v) for v in np.eye(3).ravel()]}
+    geom = {**grid_record(img), "direction": [float(v) for v in np.eye(3).ravel()]}  # snapped to identity
     return lps_to_ras_array(arr), ras_affine(geom["size"], geom["spacing"], geom["origin"]), steps, geom
 
 
@@ -245,9 +243,8 @@ def prepare_sat_input(volume_path, out_image, record_path, case_id: str, intensi
     img = nib.Nifti1Image(arr, affine)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
-    tmp = out_image.with_name(f".{case_id}.tmp{os.getpid()}.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, out_image)
+    with atomic_path(out_image, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
     record = {
         "format_version": FORMAT_VERSION,
         "case_id": case_id,
@@ -302,13 +299,8 @@ def to_sat_grid(mask_image, record: dict) -> np.ndarray:
     of restore_sat_mask (used by stand-ins for a SAT run)."""
     import SimpleITK as sitk
 
-    g = record["sat_input"]["grid_lps"]
-    ref = sitk.Image([int(v) for v in g["size"]], sitk.sitkUInt8)
-    ref.SetSpacing(g["spacing"])
-    ref.SetOrigin(g["origin"])
-    ref.SetDirection(g["direction"])
     binary = sitk.Cast(mask_image > 0, sitk.sitkUInt8)
-    on_grid = sitk.Resample(binary, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    on_grid = resample_to_reference(binary, record["sat_input"]["grid_lps"])  # nearest neighbour, uint8, 0 outside
     ras = lps_to_ras_array(sitk.GetArrayFromImage(on_grid))
     s, e = record["crop"]["start"], record["crop"]["end"]
     return ras[s[0]:e[0], s[1]:e[1], s[2]:e[2]]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from reg2rg.files import write_json_atomic
 
 
 def cache_key(report: str, prompt_version: str, model: str, splitter: str = "llm") -> str:
@@ -42,6 +43,4 @@ class SplitCache:
         if p is None:
             return
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}-{id(record)}")
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
+        write_json_atomic(p, record, ensure_ascii=False, indent=1)
