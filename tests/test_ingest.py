@@ -516,18 +516,10 @@ def test_patient_named_folder_is_in_no_output_or_log(tmp_path, caplog):
     assert "DOE^JOHN" not in caplog.text and str(tmp_path) not in caplog.text
 
 
-def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
-    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
-    (named by its path under the data set root, no absolute path); the others go on."""
-    import pandas as pd
-
-    from reg2rg.datasets import INVENTORY_COLUMNS
-    from reg2rg.ingest import ingest_inventory
-    from reg2rg.manifest import build_manifest
-    from reg2rg.masks import masks_inventory
-
-    root = tmp_path / "data"
-    root.mkdir()
+def _refused_scans_root(root: Path) -> dict[str, str]:
+    """A data set root with a good scan (and its lung mask) and one scan of each kind ingest refuses:
+    case id -> its path under the root."""
+    root.mkdir(parents=True)
     shutil.copy(CIP / "LICENSE.txt", root / "LICENSE.txt")
     shutil.copy(CIP_NRRD, root / "good.nrrd")
     arr = _array(CIP_NRRD).astype(np.float32)
@@ -539,22 +531,44 @@ def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
     seg = root / "seg_good"
     seg.mkdir()
     sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(CIP_LUNG)) > 0, sitk.sitkUInt8), str(seg / "lung.nii.gz"))
-    images = {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
-    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": str(root / f),
-                         "mask_dir": str(seg), "report_csv": None, "labels_csv": None, "metadata_csv": None,
-                         "intensity_mode": "hu"} for c, f in images.items()], columns=INVENTORY_COLUMNS)
-    status = ingest_inventory(inv, tmp_path / "volumes", spacing=(4, 4, 4), source_root=root)
+    return {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
+
+
+def _refused_scans_manifest(tmp_path: Path, root: Path, images: dict[str, str], **options):
+    """The workflow's stages over the refused-scans root (ingest_inventory with `options`): (ingest status,
+    manifest indexed by case id)."""
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+    from reg2rg.manifest import build_manifest
+    from reg2rg.masks import masks_inventory
+
+    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": f, "mask_dir": "seg_good",
+                         "report_csv": None, "labels_csv": None, "intensity_mode": "hu"} for c, f in images.items()],
+                       columns=INVENTORY_COLUMNS)
+    volumes, masks_dir = tmp_path / "volumes", tmp_path / "masks"
+    status = ingest_inventory(inv, volumes, root, spacing=(4, 4, 4), **options)
+    masks = masks_inventory(inv, status, volumes, masks_dir, root)
+    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
+                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
+    m = build_manifest(inv, status, masks, reports, None, volumes, masks_dir)
+    return status, m.set_index("case_id")
+
+
+def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
+    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
+    (named by its path under the data set root, no absolute path); the others go on."""
+    root = tmp_path / "data"
+    images = _refused_scans_root(root)
+    status, m = _refused_scans_manifest(tmp_path, root, images)
     assert dict(zip(status.case_id, status.status)) == {"good": "ok", "nan": "error", "one": "error",
                                                           "two": "error", "zeros": "error"}
     assert json.loads((tmp_path / "volumes" / "good.json").read_text())["source"]["path"] == "good.nrrd"
-    masks = masks_inventory(inv, status, tmp_path / "volumes", tmp_path / "masks")
-    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
-                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
-    m = build_manifest(inv, status, masks, reports, None, tmp_path / "volumes", tmp_path / "masks")
-    m = m.set_index("case_id")
     assert sorted(m.index) == sorted(images) and m.loc["good", "status"] == "included"
     want = {"nan": "nan.nii.gz: .*voxels are not finite", "zeros": "zeros.nii.gz: air is None HU.*constant",
             "one": "one.nrrd: size 64x64x1 voxels: a single slice", "two": "two: 2 CT series with 79 slices each"}
     for case, reason in want.items():
         assert m.loc[case, "status"] == "excluded" and re.search(f"ingest failed: {reason}", m.loc[case, "reason"])
     assert not any(str(tmp_path) in r for r in m.reason)
+    assert m.loc["good", "image"] == "good.nrrd"

@@ -174,3 +174,38 @@ def test_demo_dicom_patient_identifiers_reach_no_output(tmp_path):
     assert len(list(out.glob("*.nii.gz"))) == 2
     for s in secrets:
         assert s.encode() not in blob, f"patient identifier {s!r} leaked into an output or log"
+
+    # The workflow on the same scans, the data set root given by an absolute path below a folder named after
+    # the patient: no table (nor sidecar or log) names the root, the folder or an identifier (the inventory's
+    # paths are relative to the root, and each stage resolves them with the root from the config).
+    folder = summary["patient_ids"][0]
+    root = tmp_path / "site" / folder / "ctrg"
+    root.parent.mkdir(parents=True)
+    shutil.move(src, root)
+    (tmp_path / "wf").mkdir()
+    wd = _workflow_copy(tmp_path / "wf", cases=4, seed=0)
+    cfg = yaml.safe_load((wd / "small.yaml").read_text())
+    cfg["datasets"]["patients"] = {"layout": "ctrg", "root": str(root), "spacing": [1.0, 1.0, 3.0],
+                                   "split": {"seed": 0, "test_fraction": 0.5}, "model_preset": "tiny",
+                                   "splitter": {"kind": "rules"}}
+    (wd / "small.yaml").write_text(yaml.safe_dump(cfg))
+    _snakemake(wd, "results/patients/manifest/train.parquet", "results/patients/manifest/test.parquet")
+    results = wd / "results" / "patients"
+    tables = sorted(results.rglob("*.parquet"))
+    names = {p.relative_to(results).as_posix() for p in tables}
+    assert {"inventory.parquet", "volumes/status.parquet", "masks/status.parquet", "reports/region_reports.parquet",
+            "reports/labels.parquet", "manifest/train.parquet", "manifest/test.parquet"} <= names, names
+    inv = pd.read_parquet(results / "inventory.parquet")
+    assert all((root / p).is_dir() for p in inv.image)
+    assert (pd.read_parquet(results / "volumes/status.parquet").status == "ok").all()
+    forbidden = [str(tmp_path), folder, *secrets]
+    for table in tables:
+        df = pd.read_parquet(table)
+        for col in df.columns:
+            for value in df[col].dropna():
+                text = str(list(value)) if hasattr(value, "__len__") and not isinstance(value, str) else str(value)
+                for s in forbidden:
+                    assert s not in text, f"{s!r} in column {col} of {table.relative_to(results)}"
+    everything = _all_bytes(results)  # the sidecars, the volumes and the stages' logs too
+    for s in forbidden:
+        assert s.encode() not in everything, f"{s!r} in a file under results/patients"
