@@ -754,7 +754,8 @@ def _check_finite(img, src: _Source, fill_nonfinite, steps: list):
     what = "all" if n == arr.size else f"{n} of {arr.size}"
     if fill_nonfinite is None:
         raise InputError(src.path, f"{what} voxels are not finite (NaN or infinite): not a CT in HU; pass "
-                                   "--fill-nonfinite HU (e.g. -1024, air) to replace them")
+                                   "--fill-nonfinite HU (e.g. -1024, air; in the workflow "
+                                   "datasets.<name>.ingest.fill_nonfinite) to replace them")
     fill = float(fill_nonfinite)
     if not math.isfinite(fill):
         raise InputError(src.path, f"--fill-nonfinite must be a finite HU value, got {fill_nonfinite!r}")
@@ -933,7 +934,8 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         problem = (f"air is {hu['air_hu']} HU after conversion, outside [{AIR_HU_RANGE[0]:g}, "
                    f"{AIR_HU_RANGE[1]:g}]: not plausible CT in HU; {why}")
         if not accept_implausible_hu:
-            raise InputError(src.path, f"{problem}; pass --accept-implausible-hu to ingest it anyway")
+            raise InputError(src.path, f"{problem}; pass --accept-implausible-hu (in the workflow "
+                                       "datasets.<name>.ingest.accept_implausible_hu: true) to ingest it anyway")
         log.warning("%s: %s (accepted: --accept-implausible-hu)", src.label, problem)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -983,7 +985,8 @@ def ingest_case(source_root=None, **kwargs) -> dict:
 
 
 def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, already_hu=False,
-                     metadata: dict | None = None, threads: int = 1):
+                     metadata: dict | None = None, fill_nonfinite=None, accept_implausible_hu: bool = False,
+                     threads: int = 1):
     """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
 
     Returns `case_id, status, reason` for every scan: a scan that cannot be read, or is refused (non-finite
@@ -992,7 +995,8 @@ def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, a
     root, which the inventory's `image` paths are relative to; each sidecar names its source relative to
     it. `metadata`: source split -> CT-RATE v1 metadata CSV (the config's `ctrate_metadata`, which may lie
     outside the root and so is not in the inventory); a scan of a split with a CSV is rescaled by it, not
-    taken as already in HU."""
+    taken as already in HU. `fill_nonfinite`, `accept_implausible_hu`: as for ingest() (the config's
+    `datasets.<name>.ingest`), for every scan."""
     from reg2rg.batch import run_per_case
     from reg2rg.datasets import source_path
 
@@ -1006,6 +1010,8 @@ def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, a
             "spacing": tuple(spacing),
             "metadata_csv": meta,
             "already_hu": bool(already_hu) and meta is None,
+            "fill_nonfinite": fill_nonfinite,
+            "accept_implausible_hu": bool(accept_implausible_hu),
             "source_root": source_root,
         }))
     return run_per_case(ingest_case, jobs, threads=threads, desc="ingest")

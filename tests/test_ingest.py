@@ -535,8 +535,8 @@ def _refused_scans_root(root: Path) -> dict[str, str]:
 
 
 def _refused_scans_manifest(tmp_path: Path, root: Path, images: dict[str, str], **options):
-    """The workflow's stages over the refused-scans root (ingest_inventory with `options`): (ingest status,
-    manifest indexed by case id)."""
+    """The workflow's stages over the refused-scans root (ingest_inventory with `options`, as rule
+    ingest_shard passes datasets.<name>.ingest): (ingest status, manifest indexed by case id)."""
     import pandas as pd
 
     from reg2rg.datasets import INVENTORY_COLUMNS
@@ -571,4 +571,29 @@ def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
     for case, reason in want.items():
         assert m.loc[case, "status"] == "excluded" and re.search(f"ingest failed: {reason}", m.loc[case, "reason"])
     assert not any(str(tmp_path) in r for r in m.reason)
-    assert m.loc["good", "image"] == "good.nrrd"
+    assert m.loc["good", "image"] == "good.nrrd" and not any("ingest:" in n for n in m.loc["good", "notes"])
+
+
+@pytest.mark.parametrize("option, case", [("fill_nonfinite", "nan"), ("accept_implausible_hu", "zeros")])
+def test_workflow_ingest_options_let_the_refused_scan_in_and_say_so(tmp_path, option, case):
+    """datasets.<name>.ingest.fill_nonfinite / accept_implausible_hu (rule ingest_shard's params): the scan
+    refused for that reason is ingested, and its sidecar and manifest notes say what was let through; the
+    scans refused for other reasons stay excluded with their reasons."""
+    root = tmp_path / "data"
+    images = _refused_scans_root(root)
+    value = {"fill_nonfinite": -1024, "accept_implausible_hu": True}[option]
+    status, m = _refused_scans_manifest(tmp_path, root, images, **{option: value})
+    ok = {"good", case}
+    assert {c for c, s in zip(status.case_id, status.status) if s == "ok"} == ok
+    side = json.loads((tmp_path / "volumes" / f"{case}.json").read_text())
+    assert side["options"][option] == value and side["source"]["path"] == images[case]
+    if option == "fill_nonfinite":
+        assert {"step": "fill_nonfinite", "voxels": 64 * 64, "hu": -1024.0} in side["steps"]
+        note = "ingest: 4096 non-finite voxels set to -1024 HU (fill_nonfinite)"
+    else:
+        assert side["hu_check"]["plausible"] is False
+        note = "ingest: air None HU is not plausible CT in HU, accepted (accept_implausible_hu)"
+    assert note in list(m.loc[case, "notes"])
+    assert m.loc[case, "status"] == "included", m.loc[case, "reason"]
+    for other in set(images) - ok:
+        assert m.loc[other, "status"] == "excluded" and "ingest failed" in m.loc[other, "reason"]

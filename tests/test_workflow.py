@@ -80,6 +80,41 @@ def test_demo_manifest_accounts_for_every_scan_with_bad_inputs(tmp_path):
     assert sum(t is not None for t in ok["region_texts"]) >= 5
 
 
+def test_ingest_config_keys_let_a_refused_scan_in_and_rerun_the_shards(tmp_path):
+    """datasets.<name>.ingest.fill_nonfinite through the workflow: without it a scan with NaN voxels is refused
+    with its reason; with it (a param of rule ingest_shard) the shards rerun and the scan is ingested, its
+    sidecar recording the fill."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    wd = _workflow_copy(tmp_path, cases=4, seed=3)
+    _snakemake(wd, "results/demo/raw")
+    raw = wd / "results/demo/raw"
+    case = pd.read_json(raw / "demo_summary.json", typ="series")["splits"]["train"][0]
+    vol = next((raw / "train_preprocessed").rglob(f"{case}.nii.gz"))
+    img = sitk.ReadImage(str(vol))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    arr[arr.shape[0] // 2, :4, :4] = np.nan
+    nan = sitk.GetImageFromArray(arr)
+    nan.CopyInformation(img)
+    sitk.WriteImage(nan, str(vol))
+
+    target = "results/demo/volumes/status.parquet"
+    _snakemake(wd, target)
+    status = pd.read_parquet(wd / target).set_index("case_id")
+    assert status.loc[case, "status"] == "error" and "16 of" in status.loc[case, "reason"]
+    assert "datasets.<name>.ingest.fill_nonfinite" in status.loc[case, "reason"]
+    assert (status.drop(index=case).status == "ok").all()
+
+    cfg = yaml.safe_load((wd / "small.yaml").read_text())
+    cfg["datasets"]["demo"]["ingest"] = {"fill_nonfinite": -1024}
+    (wd / "small.yaml").write_text(yaml.safe_dump(cfg))
+    _snakemake(wd, target)
+    assert (pd.read_parquet(wd / target).status == "ok").all()
+    side = (wd / "results/demo/volumes" / f"{case}.json").read_text()
+    assert '"step": "fill_nonfinite"' in side and '"voxels": 16' in side
+
+
 def test_radgenome_without_root_says_which_key_to_set(tmp_path):
     wd = _workflow_copy(tmp_path, cases=4, seed=0)
     proc = _snakemake(wd, "-n", "results/radgenome/manifest/train.parquet", check=False)

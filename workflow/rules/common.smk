@@ -70,6 +70,12 @@ def ctrate_metadata(dataset):
     return {k: v for k, v in (DATASETS[dataset].get("ctrate_metadata") or {}).items() if v} or None
 
 
+def ingest_option(dataset, key, default):
+    """datasets.<name>.ingest.<key>: fill_nonfinite (HU or None) or accept_implausible_hu."""
+    value = (DATASETS[dataset].get("ingest") or {}).get(key)
+    return default if value is None else value
+
+
 def raw_input(wildcards):
     """Generated data sets depend on the rule that makes them; a user's download is outside the DAG."""
     if is_generated(wildcards.dataset):

@@ -32,6 +32,8 @@ rule ingest_shard:
         spacing=lambda wc: dataset_config(wc.dataset)["spacing"],
         already_hu=lambda wc: dataset_config(wc.dataset).get("already_hu", True),
         metadata=lambda wc: ctrate_metadata(wc.dataset),
+        fill_nonfinite=lambda wc: ingest_option(wc.dataset, "fill_nonfinite", None),
+        accept_implausible_hu=lambda wc: ingest_option(wc.dataset, "accept_implausible_hu", False),
     threads: config.get("threads", {}).get("ingest", 2)
     resources:
         mem_mb=4000,

@@ -15,6 +15,8 @@ status = ingest_inventory(
     spacing=snakemake.params.spacing,
     already_hu=snakemake.params.already_hu,
     metadata=snakemake.params.metadata,
+    fill_nonfinite=snakemake.params.fill_nonfinite,
+    accept_implausible_hu=snakemake.params.accept_implausible_hu,
     threads=snakemake.threads,
 )
 status.to_parquet(snakemake.output.status, index=False)
