@@ -213,6 +213,27 @@ def test_ctrate_v1_metadata_gives_hu_and_spacing(tmp_path):
     meta2 = _write_ctrate_csv(tmp_path / "m2.csv", src2.name, "0.5", "-1024")
     ingest(src2, tmp_path / "v1b.nii.gz", spacing=(0.75, 0.8, 2.5), metadata_csv=meta2)
     assert np.array_equal(_array(tmp_path / "v1b.nii.gz"), hu)
+    # The workflow: the metadata CSV comes from the config per source split (it may lie outside the data set
+    # root, so the inventory does not name it); the split without one is taken as already in HU.
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+
+    root = tmp_path / "root"
+    (root / "v").mkdir(parents=True)
+    shutil.copy(src, root / "v" / src.name)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(root / "v" / "valid_1_a_1.nii.gz"))
+    inv = pd.DataFrame([{"case_id": f"{s}_case", "split": s, "source_split": s, "image": f"v/{name}",
+                         "intensity_mode": "hu"} for s, name in (("train", src.name), ("valid", "valid_1_a_1.nii.gz"))],
+                       columns=INVENTORY_COLUMNS)
+    status = ingest_inventory(inv, tmp_path / "wf", root, spacing=(0.75, 0.8, 2.5), already_hu=True,
+                              metadata={"train": str(meta), "valid": None})
+    assert list(status.status) == ["ok", "ok"], status.reason.tolist()
+    assert np.array_equal(_array(tmp_path / "wf" / "train_case.nii.gz"), hu)
+    wf = json.loads((tmp_path / "wf" / "train_case.json").read_text())
+    assert wf["options"]["ctrate_metadata"]["slope"] == 1.0 and not wf["options"]["already_hu"]
+    assert json.loads((tmp_path / "wf" / "valid_case.json").read_text())["options"]["already_hu"]
 
 
 def test_ctrate_v2_is_never_rescaled_again(tmp_path, caplog):
