@@ -48,9 +48,8 @@ def workflow(dest: Path, scans: int, per_job: int | None) -> Path:
     inv = pd.DataFrame({
         "case_id": ids, "split": ["train" if c.startswith("train") else "test" for c in ids],
         "source_split": [c.split("_")[0] for c in ids],
-        "image": [str(dest / "download" / f"{c}.nii.gz") for c in ids],
-        "mask_dir": [str(dest / "download" / f"seg_{c}") for c in ids],
-        "report_csv": None, "labels_csv": None, "metadata_csv": None, "intensity_mode": "hu"})
+        "image": [f"{c}.nii.gz" for c in ids], "mask_dir": [f"seg_{c}" for c in ids],  # relative to the root
+        "report_csv": None, "labels_csv": None, "intensity_mode": "hu"})
     inv.to_parquet(res / "inventory.parquet", index=False)
     return dest
 

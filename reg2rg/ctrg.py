@@ -4,7 +4,9 @@ Layout under the data set's root:
 
     annotation.json   {"train": [{"id", "report", "image_path"}, ...], "test": [...]}  (other split keys,
                       e.g. "val", are read too; the key is kept as `source_split`)
-    <image_path>      per scan, relative to the root (or absolute): a DICOM series folder or a NIfTI file
+    <image_path>      per scan, relative to the root (or absolute, under the root): a DICOM series folder or
+                      a NIfTI file. An image outside the root is refused: the tables name it relative to the
+                      root, never by an absolute path (reg2rg.datasets)
     labels.csv        optional: `id` + the 18 CT-RATE labels (the demo has them; CTRG does not)
 
 Split: the paper splits CTRG at random 8:2; the manifest split is a seeded random permutation of the sorted
@@ -176,13 +178,12 @@ def windowed_to_model_range(array, per_volume: bool = False) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ inventory
-def ctrg_inventory(root, metadata: dict | None = None, seed: int = SPLIT_SEED,
-                   test_fraction: float = TEST_FRACTION):
-    """One row per annotation entry (reg2rg.datasets.INVENTORY_COLUMNS). `metadata` is unused (CT-RATE only).
+def ctrg_inventory(root, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION):
+    """One row per annotation entry (reg2rg.datasets.INVENTORY_COLUMNS, paths relative to the root).
     A scan whose image is missing still gets its row: ingestion records why it failed."""
     import pandas as pd
 
-    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.datasets import INVENTORY_COLUMNS, relative_to_root
 
     root = Path(root)
     if not root.is_dir():
@@ -200,35 +201,42 @@ def ctrg_inventory(root, metadata: dict | None = None, seed: int = SPLIT_SEED,
     labels = root / LABELS
     inv = pd.DataFrame({
         "case_id": ann.case_id, "split": [split[c] for c in ann.case_id], "source_split": ann.source_split,
-        "image": [str(p) for p in images], "mask_dir": None, "report_csv": str(ann_path),
-        "labels_csv": str(labels) if labels.is_file() else None, "metadata_csv": None, "intensity_mode": mode,
+        "image": [relative_to_root(root, p, f"image of '{c}' ({ANNOTATION})") for c, p in zip(ann.case_id, images)],
+        "mask_dir": None, "report_csv": ANNOTATION, "labels_csv": LABELS if labels.is_file() else None,
+        "intensity_mode": mode,
     }, columns=INVENTORY_COLUMNS)
-    missing = [str(p) for p in images if not p.exists()]
+    missing = [rel for p, rel in zip(images, inv.image) if not p.exists()]
     if missing:
         log.warning("%d scans have no image (first: %s); they will be reported as not ingested", len(missing),
                     missing[0])
-    log.info("%s: %d scans (%s), intensity %s", root, len(inv), inv.split.value_counts().to_dict(), mode)
+    # the root is not logged: a folder above it may be named after the patient (the logs are outputs too)
+    log.info("CTRG root: %d scans (%s), intensity %s", len(inv), inv.split.value_counts().to_dict(), mode)
     return inv.sort_values(["split", "case_id"]).reset_index(drop=True)
 
 
-def ctrg_reports(inventory) -> "pd.DataFrame":  # noqa: F821
-    """Whole reports of the inventory's scans (`case_id, report`) from the annotation file(s) it names."""
+def ctrg_reports(inventory, source_root) -> "pd.DataFrame":  # noqa: F821
+    """Whole reports of the inventory's scans (`case_id, report`) from the annotation file(s) it names
+    (relative to `source_root`, the data set root)."""
     import pandas as pd
 
-    frames = [read_annotation(p) for p in sorted(set(inventory.report_csv.dropna()))]
+    from reg2rg.datasets import source_path
+
+    frames = [read_annotation(source_path(source_root, p)) for p in sorted(set(inventory.report_csv.dropna()))]
     ann = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["case_id", "report"])
     by_id = dict(zip(ann.case_id, ann.report))
     return pd.DataFrame({"case_id": list(inventory.case_id),
                          "report": [by_id.get(c) for c in inventory.case_id]})
 
 
-def ctrg_labels(inventory):
-    """The 18 labels where the data set has a labels.csv (`id` column): `case_id, labels`."""
+def ctrg_labels(inventory, source_root):
+    """The 18 labels where the data set has a labels.csv (`id` column, relative to `source_root`):
+    `case_id, labels`."""
     import pandas as pd
 
-    from reg2rg.datasets import read_ctrate_labels
+    from reg2rg.datasets import read_ctrate_labels, source_path
 
-    frames = [read_ctrate_labels(p, id_column="id") for p in sorted(set(inventory.labels_csv.dropna()))]
+    frames = [read_ctrate_labels(source_path(source_root, p), id_column="id")
+              for p in sorted(set(inventory.labels_csv.dropna()))]
     if not frames:
         return pd.DataFrame({"case_id": pd.Series(dtype=str), "labels": pd.Series(dtype=object)})
     labels = pd.concat(frames, ignore_index=True)

@@ -1,7 +1,14 @@
 """Readers for the data set layouts the workflow knows: which scans exist, where their parts lie.
 
 `inventory(...)` returns one row per input scan (the scans are what the manifest must account for):
-`case_id, split, source_split, image, mask_dir, report_csv, labels_csv, metadata_csv, intensity_mode`.
+`case_id, split, source_split, image, mask_dir, report_csv, labels_csv, intensity_mode`.
+
+The paths (`image`, `mask_dir`, `report_csv`, `labels_csv`) are POSIX paths relative to the data set root,
+never absolute: a folder above or at the root may be named after the patient, and patient identifiers reach
+no output. Every reader of these columns takes the root (`source_root`) and resolves them with
+`source_path`. The CT-RATE metadata CSVs (`ctrate_metadata` in the config) may lie outside the root, so
+they are not in the table: the ingest stage gets them from the config (`ingest_inventory(metadata=...)`),
+by source split.
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ from reg2rg.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 
 INVENTORY_COLUMNS = ["case_id", "split", "source_split", "image", "mask_dir", "report_csv", "labels_csv",
-                     "metadata_csv", "intensity_mode"]
+                     "intensity_mode"]
+PATH_COLUMNS = ["image", "mask_dir", "report_csv", "labels_csv"]  # relative to the data set root
 
 # RadGenome-ChestCT: source split -> (manifest split, volume folder, mask folder, report CSV, labels CSV)
 RADGENOME_SPLITS = {
@@ -32,11 +40,33 @@ def case_id_from_filename(name: str) -> str:
     return name
 
 
-def radgenome_inventory(root, metadata: dict | None = None, split: dict | None = None):
-    """Every volume under a RadGenome-ChestCT root, with its mask folder, report CSV and labels CSV.
+def source_path(source_root, path) -> Path | None:
+    """An inventory path (relative to the data set root) as a path to read; None for a missing value."""
+    import pandas as pd
 
-    `metadata` optionally maps a source split (`train`, `valid`) to a CT-RATE v1 metadata CSV. The source
-    splits are kept: a `split` setting (a random split) is refused.
+    if path is None or (not isinstance(path, str) and pd.isna(path)) or str(path) == "":
+        return None
+    return Path(source_root) / path
+
+
+def relative_to_root(root, path, what: str = "file") -> str:
+    """`path` (under `root`) as the POSIX path relative to it that the inventory stores; InputError when it
+    lies outside the root (the tables would need its absolute path)."""
+    root, path = Path(root), Path(path)
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise InputError(root, f"a {what} lies outside the data set root; the tables name files relative to "
+                               "the root (no absolute path): move it under the root") from None
+
+
+def radgenome_inventory(root, split: dict | None = None):
+    """Every volume under a RadGenome-ChestCT root, with its mask folder, report CSV and labels CSV (paths
+    relative to the root). The source splits are kept: a `split` setting (a random split) is refused.
     """
     if split:
         raise ConfigError("split: the radgenome layout keeps its source splits (train/valid); a random split is "
@@ -50,19 +80,17 @@ def radgenome_inventory(root, metadata: dict | None = None, split: dict | None =
     for source_split, (split, vol_dir, mask_dir, report_csv, labels_csv) in RADGENOME_SPLITS.items():
         vols = sorted((root / vol_dir).glob("*/*/*.nii.gz"))
         if not (root / vol_dir).is_dir():
-            log.warning("%s: no %s folder; no %s scans", root, vol_dir, source_split)
+            log.warning("RadGenome root: no %s folder; no %s scans", vol_dir, source_split)
             continue
-        meta_csv = (metadata or {}).get(source_split)
         for vol in vols:
             rows.append({
                 "case_id": case_id_from_filename(vol.name),
                 "split": split,
                 "source_split": source_split,
-                "image": str(vol),
-                "mask_dir": str(root / mask_dir / f"seg_{case_id_from_filename(vol.name)}"),
-                "report_csv": str(root / report_csv),
-                "labels_csv": str(root / labels_csv) if (root / labels_csv).is_file() else None,
-                "metadata_csv": str(meta_csv) if meta_csv else None,
+                "image": vol.relative_to(root).as_posix(),
+                "mask_dir": f"{mask_dir}/seg_{case_id_from_filename(vol.name)}",
+                "report_csv": report_csv,
+                "labels_csv": labels_csv if (root / labels_csv).is_file() else None,
                 "intensity_mode": "hu",
             })
     inv = pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
@@ -71,7 +99,8 @@ def radgenome_inventory(root, metadata: dict | None = None, split: dict | None =
     dup = inv[inv.case_id.duplicated(keep=False)]
     if not dup.empty:
         raise InputError(root, f"scan names occur twice: {sorted(set(dup.case_id))[:5]}")
-    log.info("%s: %d scans (%s)", root, len(inv), inv.split.value_counts().to_dict())
+    # the root is not logged: a folder above it may be named after the patient (the logs are outputs too)
+    log.info("RadGenome root: %d scans (%s)", len(inv), inv.split.value_counts().to_dict())
     return inv.sort_values(["split", "case_id"]).reset_index(drop=True)
 
 
@@ -92,7 +121,7 @@ def read_ctrate_labels(path, id_column: str = "VolumeName"):
     })
 
 
-def ctrg_inventory(root, metadata: dict | None = None, split: dict | None = None):
+def ctrg_inventory(root, split: dict | None = None):
     """CTRG-Chest-548K layout (annotation.json + DICOM folders or NIfTI files): see reg2rg.ctrg. `split`:
     {"seed", "test_fraction"} of the random train/test split (default: the paper's 8:2, seed 0)."""
     from reg2rg.ctrg import ctrg_inventory as _ctrg_inventory
@@ -100,28 +129,30 @@ def ctrg_inventory(root, metadata: dict | None = None, split: dict | None = None
     unknown = set(split or {}) - {"seed", "test_fraction"}
     if unknown:
         raise ConfigError(f"split: unknown key(s) {', '.join(sorted(unknown))}; known: seed, test_fraction")
-    return _ctrg_inventory(root, metadata, **(split or {}))
+    return _ctrg_inventory(root, **(split or {}))
 
 
 LAYOUTS = {"radgenome": radgenome_inventory, "ctrg": ctrg_inventory}
 
 
-def inventory(layout: str, root, metadata: dict | None = None, split: dict | None = None):
-    """One row per input scan of a data set in `layout` (see INVENTORY_COLUMNS). `split` (ctrg layout only):
-    the seed and test fraction of the random split; RadGenome keeps its source splits."""
+def inventory(layout: str, root, split: dict | None = None):
+    """One row per input scan of a data set in `layout` (see INVENTORY_COLUMNS; paths relative to `root`).
+    `split` (ctrg layout only): the seed and test fraction of the random split; RadGenome keeps its source
+    splits."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown data set layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    return LAYOUTS[layout](root, metadata, split)
+    return LAYOUTS[layout](root, split)
 
 
-def inventory_labels(inv):
-    """Labels of the inventory's scans from the label CSVs it names: `case_id, labels`.
+def inventory_labels(inv, source_root):
+    """Labels of the inventory's scans from the label CSVs it names (relative to `source_root`, the data set
+    root): `case_id, labels`.
 
     Scans without a label file, or missing from theirs, get no row (labels unknown, not all-zero).
     """
     import pandas as pd
 
-    frames = [read_ctrate_labels(path) for path in sorted(set(inv.labels_csv.dropna()))]
+    frames = [read_ctrate_labels(source_path(source_root, p)) for p in sorted(set(inv.labels_csv.dropna()))]
     if not frames:
         return pd.DataFrame({"case_id": pd.Series(dtype=str), "labels": pd.Series(dtype=object)})
     labels = pd.concat(frames, ignore_index=True)

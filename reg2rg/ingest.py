@@ -695,7 +695,8 @@ def _check_finite(img, src: _Source, fill_nonfinite, steps: list):
     what = "all" if n == arr.size else f"{n} of {arr.size}"
     if fill_nonfinite is None:
         raise InputError(src.path, f"{what} voxels are not finite (NaN or infinite): not a CT in HU; pass "
-                                   "--fill-nonfinite HU (e.g. -1024, air) to replace them")
+                                   "--fill-nonfinite HU (e.g. -1024, air; in the workflow "
+                                   "datasets.<name>.ingest.fill_nonfinite) to replace them")
     fill = float(fill_nonfinite)
     if not math.isfinite(fill):
         raise InputError(src.path, f"--fill-nonfinite must be a finite HU value, got {fill_nonfinite!r}")
@@ -868,7 +869,8 @@ def ingest(input_path, output_path, spacing=DEFAULT_SPACING, metadata_csv=None, 
         problem = (f"air is {hu['air_hu']} HU after conversion, outside [{AIR_HU_RANGE[0]:g}, "
                    f"{AIR_HU_RANGE[1]:g}]: not plausible CT in HU; {why}")
         if not accept_implausible_hu:
-            raise InputError(src.path, f"{problem}; pass --accept-implausible-hu to ingest it anyway")
+            raise InputError(src.path, f"{problem}; pass --accept-implausible-hu (in the workflow "
+                                       "datasets.<name>.ingest.accept_implausible_hu: true) to ingest it anyway")
         log.warning("%s: %s (accepted: --accept-implausible-hu)", src.label, problem)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -912,28 +914,34 @@ def ingest_case(source_root=None, **kwargs) -> dict:
         raise InputError(relative_source(err.path, source_root) or Path(err.path).name, err.problem) from None
 
 
-def ingest_inventory(inventory, out_dir, spacing=DEFAULT_SPACING, already_hu=False, threads: int = 1,
-                     source_root=None):
+def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, already_hu=False,
+                     metadata: dict | None = None, fill_nonfinite=None, accept_implausible_hu: bool = False,
+                     threads: int = 1):
     """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
 
     Returns `case_id, status, reason` for every scan: a scan that cannot be read, or is refused (non-finite
     voxels, a single slice, air not plausible in HU, two equally long CT series), is recorded with the
     reason (the manifest excludes it with that reason) and the others go on. `source_root`: the data set
-    root, so that each sidecar names its source relative to it."""
-    import pandas as pd
-
+    root, which the inventory's `image` paths are relative to; each sidecar names its source relative to
+    it. `metadata`: source split -> CT-RATE v1 metadata CSV (the config's `ctrate_metadata`, which may lie
+    outside the root and so is not in the inventory); a scan of a split with a CSV is rescaled by it, not
+    taken as already in HU. `fill_nonfinite`, `accept_implausible_hu`: as for ingest() (the config's
+    `datasets.<name>.ingest`), for every scan."""
     from reg2rg.batch import run_per_case
+    from reg2rg.datasets import source_path
 
     out_dir = Path(out_dir)
-    jobs = [
-        (inv.case_id, {
-            "input_path": inv.image,
+    jobs = []
+    for inv in inventory.itertuples():
+        meta = (metadata or {}).get(inv.source_split) or None
+        jobs.append((inv.case_id, {
+            "input_path": source_path(source_root, inv.image),
             "output_path": out_dir / f"{inv.case_id}.nii.gz",
             "spacing": tuple(spacing),
-            "metadata_csv": None if pd.isna(inv.metadata_csv) else inv.metadata_csv,
-            "already_hu": bool(already_hu) and pd.isna(inv.metadata_csv),
+            "metadata_csv": meta,
+            "already_hu": bool(already_hu) and meta is None,
+            "fill_nonfinite": fill_nonfinite,
+            "accept_implausible_hu": bool(accept_implausible_hu),
             "source_root": source_root,
-        })
-        for inv in inventory.itertuples()
-    ]
+        }))
     return run_per_case(ingest_case, jobs, threads=threads, desc="ingest")

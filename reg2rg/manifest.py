@@ -26,6 +26,16 @@ def _status_map(status_df) -> dict[str, str]:
     return {r.case_id: ("" if r.status == "ok" else r.reason) for r in status_df.itertuples()}
 
 
+def _ingest_notes(sidecar: dict) -> list[str]:
+    """What ingestion let through that it refuses by default (datasets.<name>.ingest in the config)."""
+    notes = [f"ingest: {st['voxels']} non-finite voxels set to {st['hu']:g} HU (fill_nonfinite)"
+             for st in sidecar.get("steps") or [] if st.get("step") == "fill_nonfinite"]
+    hu = sidecar.get("hu_check") or {}
+    if hu and not hu.get("plausible", True):
+        notes.append(f"ingest: air {hu.get('air_hu')} HU is not plausible CT in HU, accepted (accept_implausible_hu)")
+    return notes
+
+
 def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir: Path, report, labels):
     reasons = []
     row = {
@@ -39,10 +49,12 @@ def _manifest_row(inv, ingest_reason, mask_reason, volumes_dir: Path, masks_dir:
     elif ingest_reason:
         reasons.append(f"ingest failed: {ingest_reason}")
     else:
-        side = json.loads((volumes_dir / f"{inv.case_id}.json").read_text())["output"]
+        sidecar = json.loads((volumes_dir / f"{inv.case_id}.json").read_text())
+        side = sidecar["output"]
         row.update(volume=str(volumes_dir / f"{inv.case_id}.nii.gz"), size=[int(v) for v in side["size"]],
                    spacing=[float(v) for v in side["spacing"]], origin=[float(v) for v in side["origin"]],
                    direction=[float(v) for v in side["direction"]])
+        row["notes"] += _ingest_notes(sidecar)
         if mask_reason is None:
             reasons.append("no mask status for this scan")
         elif mask_reason:

@@ -424,27 +424,33 @@ def read_region_masks(path: str | Path) -> tuple[np.ndarray, dict]:
     return unpack_label_map(label), side
 
 
-def import_case_masks(volume_path: str | Path, mask_dir: str | Path | None, out_path: str | Path) -> dict:
-    """One scan of the workflow: import the region files of `mask_dir` (a RadGenome-style `seg_<id>` folder)
-    onto `volume_path`. Raises InputError when the scan has no mask folder at all (nothing to import);
-    missing or bad files inside it are recorded in the sidecar as usual."""
+def import_case_masks(volume_path: str | Path, mask_dir: str | Path | None, out_path: str | Path,
+                      source_root=None) -> dict:
+    """One scan of the workflow: import the region files of `mask_dir` (a RadGenome-style `seg_<id>` folder,
+    relative to `source_root` when given) onto `volume_path`. Raises InputError when the scan has no mask
+    folder at all (nothing to import), naming it as the inventory does; missing or bad files inside it are
+    recorded in the sidecar as usual."""
+    from reg2rg.datasets import source_path
+
     if mask_dir is None or str(mask_dir) == "":
         raise InputError(volume_path, "the data set gives no mask folder for this scan")
-    if not Path(mask_dir).is_dir():
+    folder = Path(mask_dir) if source_root is None else source_path(source_root, mask_dir)
+    if not folder.is_dir():
         raise InputError(mask_dir, "mask folder not found")
-    return import_region_masks(volume_path, region_mask_files(mask_dir), out_path)
+    return import_region_masks(volume_path, region_mask_files(folder), out_path)
 
 
-def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: str | Path, threads: int = 1):
+def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: str | Path, source_root,
+                    threads: int = 1):
     """Import the region masks of every scan of the inventory that was ingested.
 
-    inventory: DataFrame with `case_id, mask_dir` (datasets.INVENTORY_COLUMNS); volume_status: the ingest
+    inventory: DataFrame with `case_id, mask_dir` (datasets.INVENTORY_COLUMNS; `mask_dir` relative to
+    `source_root`, the data set root); volume_status: the ingest
     stage's `case_id, status, reason`. Writes `{out_dir}/{case_id}.nii.gz` and `.json` per scan and returns
     `case_id, status, reason` for every inventory scan: `ok` (see the sidecar for each region), `error`
     (no mask folder, unreadable volume, ...) or `skipped` (not ingested)."""
-    import pandas as pd
-
     from reg2rg.batch import run_per_case
+    from reg2rg.datasets import source_path
 
     volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -457,7 +463,8 @@ def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: 
         mask_dir = getattr(inv, "mask_dir", None)
         jobs.append((inv.case_id, {
             "volume_path": volumes_dir / f"{inv.case_id}.nii.gz",
-            "mask_dir": None if mask_dir is None or pd.isna(mask_dir) else str(mask_dir),
+            "mask_dir": None if source_path(source_root, mask_dir) is None else str(mask_dir),
             "out_path": out_dir / f"{inv.case_id}.nii.gz",
+            "source_root": source_root,
         }))
     return run_per_case(import_case_masks, jobs, threads=threads, desc="masks", not_run=skipped)

@@ -147,14 +147,17 @@ def read_radgenome_region_reports(csv_path: str | Path) -> pd.DataFrame:
     return out
 
 
-def inventory_reports(inventory) -> pd.DataFrame:
-    """Region reports of every report CSV the inventory names (column `report_csv`, RadGenome format), one
-    table. Rows of scans that are not in the inventory are kept (the manifest reports them as orphans); a
-    scan found in two CSVs keeps its first row and gets a problem naming the other file."""
+def inventory_reports(inventory, source_root) -> pd.DataFrame:
+    """Region reports of every report CSV the inventory names (column `report_csv`, relative to
+    `source_root`, the data set root; RadGenome format), one table. Rows of scans that are not in the
+    inventory are kept (the manifest reports them as orphans); a scan found in two CSVs keeps its first row
+    and gets a problem naming the other file (by its path under the root)."""
+    from reg2rg.datasets import source_path
+
     paths = sorted({str(p) for p in inventory["report_csv"].tolist() if p is not None and not pd.isna(p)})
     frames = []
     for p in paths:
-        df = read_radgenome_region_reports(p)
+        df = read_radgenome_region_reports(source_path(source_root, p))
         df["_source"] = p
         frames.append(df)
     if not frames:

@@ -65,13 +65,62 @@ def test_demo_ctrg_inventory_split_reports_labels(demo_root):
     assert (inv.split == "test").sum() == round(0.2 * len(ids))
     assert dict(zip(inv.case_id, inv.split)) == ctrg.random_split(ids, seed=0)  # seeded, reproducible
     assert ctrg.random_split(ids, seed=1) != ctrg.random_split(ids, seed=0) or len(ids) < 3
-    assert all(Path(p).is_dir() for p in inv.image) and inv.mask_dir.isna().all()
-    reports = ctrg.ctrg_reports(inv)
+    assert all(not Path(p).is_absolute() and (root / p).is_dir() for p in inv.image) and inv.mask_dir.isna().all()
+    reports = ctrg.ctrg_reports(inv, root)
     ann = ctrg.read_annotation(root / "annotation.json")
     assert dict(zip(reports.case_id, reports.report)) == dict(zip(ann.case_id, ann.report))
-    labels = ctrg.ctrg_labels(inv).set_index("case_id")
+    labels = ctrg.ctrg_labels(inv, root).set_index("case_id")
     for cid in ids:
         assert labels.loc[cid, "labels"] == [summary["labels"][cid][k] for k in summary["labels"][cid]]
+
+
+def _check_relative(inv, root: Path):
+    """Every path of the inventory is relative, names nothing above the root, and resolves to its file."""
+    from reg2rg.datasets import PATH_COLUMNS
+
+    seen = 0
+    for col in PATH_COLUMNS:
+        for p in inv[col].dropna():
+            assert not Path(p).is_absolute() and ".." not in Path(p).parts, (col, p)
+            assert str(root) not in p and root.parent.name not in p, (col, p)
+            assert (root / p).exists(), (col, p)
+            seen += 1
+    assert seen >= len(inv) * 2
+
+
+def test_inventory_paths_are_relative_and_resolve_to_the_files(demo_root, tmp_path):
+    """The inventory names files relative to the data set root (a folder above it named after the patient
+    reaches no table); the readers resolve them with the root they are given."""
+    from reg2rg.datasets import inventory_labels
+    from reg2rg.reports import inventory_reports
+
+    root = tmp_path / "DOE^JOHN_12345" / "radgenome"
+    summary = demo.make_demo_dataset("radgenome", root, cases=3, seed=1, shape=(48, 40, 12))
+    inv = inventory("radgenome", root)
+    assert sorted(inv.case_id) == sorted(summary["splits"]["train"] + summary["splits"]["valid"])
+    _check_relative(inv, root)
+    assert inv.image.str.startswith(("train_preprocessed/", "valid_preprocessed/")).all()
+    assert set(inventory_reports(inv, root).case_id) >= set(inv.case_id)
+    assert set(inventory_labels(inv, root).case_id) == set(inv.case_id)
+    with pytest.raises(FileNotFoundError):  # the paths mean nothing without their root
+        inventory_labels(inv, tmp_path)
+
+    croot, _ = demo_root
+    cinv = inventory("ctrg", croot)
+    _check_relative(cinv, croot)
+    assert set(cinv.report_csv) == {"annotation.json"} and set(cinv.labels_csv) == {"labels.csv"}
+    # An absolute image_path under the root is stored relative to it; one outside the root is refused.
+    moved = shutil.copytree(croot, tmp_path / "ctrg", ignore=shutil.ignore_patterns("sat_standin"))
+    ann = json.loads((moved / "annotation.json").read_text())
+    first = ann["train"][0]
+    first["image_path"] = str(moved / first["image_path"])
+    (moved / "annotation.json").write_text(json.dumps(ann))
+    again = inventory("ctrg", moved).set_index("case_id")
+    assert not Path(again.loc[first["id"], "image"]).is_absolute()
+    first["image_path"] = str(croot / "images" / first["id"])
+    (moved / "annotation.json").write_text(json.dumps(ann))
+    with pytest.raises(InputError, match=f"image of '{first['id']}'.*outside the data set root"):
+        inventory("ctrg", moved)
 
 
 def test_split_setting_sets_seed_and_fraction(demo_root):
@@ -119,7 +168,7 @@ def test_slices_first_nifti_is_refused_then_conformed(tmp_path):
         inventory("ctrg", root)
     assert ctrg.main(["conform", str(root), str(tmp_path / "ok"), "--spacing", "0.8", "0.8", "5"]) == 0
     inv = inventory("ctrg", tmp_path / "ok")
-    img = sitk.ReadImage(inv.image[0])
+    img = sitk.ReadImage(str(tmp_path / "ok" / inv.image[0]))
     assert img.GetSize() == (64, 64, 12) and img.GetSpacing() == pytest.approx((0.8, 0.8, 5.0))
     assert np.array_equal(sitk.GetArrayFromImage(img), first)
     assert set(inv.intensity_mode) == {"windowed"}

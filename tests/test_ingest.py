@@ -213,6 +213,27 @@ def test_ctrate_v1_metadata_gives_hu_and_spacing(tmp_path):
     meta2 = _write_ctrate_csv(tmp_path / "m2.csv", src2.name, "0.5", "-1024")
     ingest(src2, tmp_path / "v1b.nii.gz", spacing=(0.75, 0.8, 2.5), metadata_csv=meta2)
     assert np.array_equal(_array(tmp_path / "v1b.nii.gz"), hu)
+    # The workflow: the metadata CSV comes from the config per source split (it may lie outside the data set
+    # root, so the inventory does not name it); the split without one is taken as already in HU.
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+
+    root = tmp_path / "root"
+    (root / "v").mkdir(parents=True)
+    shutil.copy(src, root / "v" / src.name)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(root / "v" / "valid_1_a_1.nii.gz"))
+    inv = pd.DataFrame([{"case_id": f"{s}_case", "split": s, "source_split": s, "image": f"v/{name}",
+                         "intensity_mode": "hu"} for s, name in (("train", src.name), ("valid", "valid_1_a_1.nii.gz"))],
+                       columns=INVENTORY_COLUMNS)
+    status = ingest_inventory(inv, tmp_path / "wf", root, spacing=(0.75, 0.8, 2.5), already_hu=True,
+                              metadata={"train": str(meta), "valid": None})
+    assert list(status.status) == ["ok", "ok"], status.reason.tolist()
+    assert np.array_equal(_array(tmp_path / "wf" / "train_case.nii.gz"), hu)
+    wf = json.loads((tmp_path / "wf" / "train_case.json").read_text())
+    assert wf["options"]["ctrate_metadata"]["slope"] == 1.0 and not wf["options"]["already_hu"]
+    assert json.loads((tmp_path / "wf" / "valid_case.json").read_text())["options"]["already_hu"]
 
 
 def test_ctrate_v2_is_never_rescaled_again(tmp_path, caplog):
@@ -516,18 +537,10 @@ def test_patient_named_folder_is_in_no_output_or_log(tmp_path, caplog):
     assert "DOE^JOHN" not in caplog.text and str(tmp_path) not in caplog.text
 
 
-def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
-    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
-    (named by its path under the data set root, no absolute path); the others go on."""
-    import pandas as pd
-
-    from reg2rg.datasets import INVENTORY_COLUMNS
-    from reg2rg.ingest import ingest_inventory
-    from reg2rg.manifest import build_manifest
-    from reg2rg.masks import masks_inventory
-
-    root = tmp_path / "data"
-    root.mkdir()
+def _refused_scans_root(root: Path) -> dict[str, str]:
+    """A data set root with a good scan (and its lung mask) and one scan of each kind ingest refuses:
+    case id -> its path under the root."""
+    root.mkdir(parents=True)
     shutil.copy(CIP / "LICENSE.txt", root / "LICENSE.txt")
     shutil.copy(CIP_NRRD, root / "good.nrrd")
     arr = _array(CIP_NRRD).astype(np.float32)
@@ -539,22 +552,69 @@ def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
     seg = root / "seg_good"
     seg.mkdir()
     sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(CIP_LUNG)) > 0, sitk.sitkUInt8), str(seg / "lung.nii.gz"))
-    images = {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
-    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": str(root / f),
-                         "mask_dir": str(seg), "report_csv": None, "labels_csv": None, "metadata_csv": None,
-                         "intensity_mode": "hu"} for c, f in images.items()], columns=INVENTORY_COLUMNS)
-    status = ingest_inventory(inv, tmp_path / "volumes", spacing=(4, 4, 4), source_root=root)
+    return {"good": "good.nrrd", "nan": "nan.nii.gz", "zeros": "zeros.nii.gz", "one": "one.nrrd", "two": "two"}
+
+
+def _refused_scans_manifest(tmp_path: Path, root: Path, images: dict[str, str], **options):
+    """The workflow's stages over the refused-scans root (ingest_inventory with `options`, as rule
+    ingest_shard passes datasets.<name>.ingest): (ingest status, manifest indexed by case id)."""
+    import pandas as pd
+
+    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.ingest import ingest_inventory
+    from reg2rg.manifest import build_manifest
+    from reg2rg.masks import masks_inventory
+
+    inv = pd.DataFrame([{"case_id": c, "split": "test", "source_split": "valid", "image": f, "mask_dir": "seg_good",
+                         "report_csv": None, "labels_csv": None, "intensity_mode": "hu"} for c, f in images.items()],
+                       columns=INVENTORY_COLUMNS)
+    volumes, masks_dir = tmp_path / "volumes", tmp_path / "masks"
+    status = ingest_inventory(inv, volumes, root, spacing=(4, 4, 4), **options)
+    masks = masks_inventory(inv, status, volumes, masks_dir, root)
+    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
+                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
+    m = build_manifest(inv, status, masks, reports, None, volumes, masks_dir)
+    return status, m.set_index("case_id")
+
+
+def test_workflow_excludes_refused_scans_with_their_reason(tmp_path):
+    """The workflow's ingest over many scans: each refused scan is excluded in the manifest with its reason
+    (named by its path under the data set root, no absolute path); the others go on."""
+    root = tmp_path / "data"
+    images = _refused_scans_root(root)
+    status, m = _refused_scans_manifest(tmp_path, root, images)
     assert dict(zip(status.case_id, status.status)) == {"good": "ok", "nan": "error", "one": "error",
                                                           "two": "error", "zeros": "error"}
     assert json.loads((tmp_path / "volumes" / "good.json").read_text())["source"]["path"] == "good.nrrd"
-    masks = masks_inventory(inv, status, tmp_path / "volumes", tmp_path / "masks")
-    reports = pd.DataFrame([{"case_id": c, "report": "The lungs are clear.", "problems": [],
-                             "region_texts": [None] * 5 + ["The lungs are clear."] + [None] * 4} for c in images])
-    m = build_manifest(inv, status, masks, reports, None, tmp_path / "volumes", tmp_path / "masks")
-    m = m.set_index("case_id")
     assert sorted(m.index) == sorted(images) and m.loc["good", "status"] == "included"
     want = {"nan": "nan.nii.gz: .*voxels are not finite", "zeros": "zeros.nii.gz: air is None HU.*constant",
             "one": "one.nrrd: size 64x64x1 voxels: a single slice", "two": "two: 2 CT series with 79 slices each"}
     for case, reason in want.items():
         assert m.loc[case, "status"] == "excluded" and re.search(f"ingest failed: {reason}", m.loc[case, "reason"])
     assert not any(str(tmp_path) in r for r in m.reason)
+    assert m.loc["good", "image"] == "good.nrrd" and not any("ingest:" in n for n in m.loc["good", "notes"])
+
+
+@pytest.mark.parametrize("option, case", [("fill_nonfinite", "nan"), ("accept_implausible_hu", "zeros")])
+def test_workflow_ingest_options_let_the_refused_scan_in_and_say_so(tmp_path, option, case):
+    """datasets.<name>.ingest.fill_nonfinite / accept_implausible_hu (rule ingest_shard's params): the scan
+    refused for that reason is ingested, and its sidecar and manifest notes say what was let through; the
+    scans refused for other reasons stay excluded with their reasons."""
+    root = tmp_path / "data"
+    images = _refused_scans_root(root)
+    value = {"fill_nonfinite": -1024, "accept_implausible_hu": True}[option]
+    status, m = _refused_scans_manifest(tmp_path, root, images, **{option: value})
+    ok = {"good", case}
+    assert {c for c, s in zip(status.case_id, status.status) if s == "ok"} == ok
+    side = json.loads((tmp_path / "volumes" / f"{case}.json").read_text())
+    assert side["options"][option] == value and side["source"]["path"] == images[case]
+    if option == "fill_nonfinite":
+        assert {"step": "fill_nonfinite", "voxels": 64 * 64, "hu": -1024.0} in side["steps"]
+        note = "ingest: 4096 non-finite voxels set to -1024 HU (fill_nonfinite)"
+    else:
+        assert side["hu_check"]["plausible"] is False
+        note = "ingest: air None HU is not plausible CT in HU, accepted (accept_implausible_hu)"
+    assert note in list(m.loc[case, "notes"])
+    assert m.loc[case, "status"] == "included", m.loc[case, "reason"]
+    for other in set(images) - ok:
+        assert m.loc[other, "status"] == "excluded" and "ingest failed" in m.loc[other, "reason"]

@@ -11,9 +11,8 @@ from reg2rg.manifest import build_manifest, read_manifest, validate_manifest, wr
 
 def _inventory(ids_splits):
     return pd.DataFrame([
-        {"case_id": c, "split": s, "source_split": "train" if s == "train" else "valid", "image": f"/src/{c}.nii.gz",
-         "mask_dir": f"/src/seg_{c}", "report_csv": "/src/r.csv", "labels_csv": None, "metadata_csv": None,
-         "intensity_mode": "hu"} for c, s in ids_splits
+        {"case_id": c, "split": s, "source_split": "train" if s == "train" else "valid", "image": f"{c}.nii.gz",
+         "mask_dir": f"seg_{c}", "report_csv": "r.csv", "labels_csv": None, "intensity_mode": "hu"} for c, s in ids_splits
     ])
 
 

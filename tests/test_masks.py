@@ -250,12 +250,14 @@ def test_masks_inventory_per_scan_status(tmp_path):
     sitk.WriteImage(sitk.ReadImage(str(CIP / "wholeLung-64.nrrd")), str(seg / "seg_a" / "lung.nii.gz"))
     (seg / "seg_a" / "trachea and bronchie.nii.gz").write_bytes(b"garbage")
     inv = pd.DataFrame({"case_id": ["a", "b", "c", "d"],
-                        "mask_dir": [str(seg / "seg_a"), str(seg / "seg_b"), None, str(seg / "seg_d")]})
+                        "mask_dir": ["train_region_mask/seg_a", "train_region_mask/seg_b", None,
+                                     "train_region_mask/seg_d"]})
     ingest = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "status": ["ok", "ok", "ok", "error"],
                            "reason": ["", "", "", "bad"]})
-    status = masks_inventory(inv, ingest, vols, tmp_path / "masks", threads=1).set_index("case_id")
+    status = masks_inventory(inv, ingest, vols, tmp_path / "masks", tmp_path, threads=1).set_index("case_id")
     assert status.loc["a", "status"] == "ok"
-    assert status.loc["b", "status"] == "error" and "seg_b" in status.loc["b", "reason"]
+    assert status.loc["b", "status"] == "error"
+    assert status.loc["b", "reason"] == "train_region_mask/seg_b: mask folder not found"  # under the root
     assert status.loc["c", "status"] == "error" and "no mask folder" in status.loc["c", "reason"]
     assert status.loc["d", "status"] == "skipped"
     masks, side = read_region_masks(tmp_path / "masks" / "a.nii.gz")

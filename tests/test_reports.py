@@ -111,8 +111,8 @@ def test_inventory_reports_concatenates_csvs(tmp_path):
     b = _write(tmp_path / "validation_region_report.csv",
                [("valid_9_a_1.nii.gz", "", "Valid report."), ("valid_9_a_1.nii.gz", "thyroid", "Thyroid normal."),
                 ("train_2_a_1.nii.gz", "", "Duplicate scan.")])
-    inv = pd.DataFrame({"case_id": ["x", "y", "z"], "report_csv": [str(a), str(b), None]})
-    out = inventory_reports(inv).set_index("case_id")
+    inv = pd.DataFrame({"case_id": ["x", "y", "z"], "report_csv": [a.name, b.name, None]})
+    out = inventory_reports(inv, tmp_path).set_index("case_id")
     assert sorted(out.index) == ["train_1_a_1", "train_2_a_1", "train_3_b_2", "valid_9_a_1"]
     assert out.loc["valid_9_a_1", "region_texts"][I["thyroid"]] == "Thyroid normal."
     assert out.loc["train_2_a_1", "report"] == "Whole report two."

@@ -80,6 +80,41 @@ def test_demo_manifest_accounts_for_every_scan_with_bad_inputs(tmp_path):
     assert sum(t is not None for t in ok["region_texts"]) >= 5
 
 
+def test_ingest_config_keys_let_a_refused_scan_in_and_rerun_the_shards(tmp_path):
+    """datasets.<name>.ingest.fill_nonfinite through the workflow: without it a scan with NaN voxels is refused
+    with its reason; with it (a param of rule ingest_shard) the shards rerun and the scan is ingested, its
+    sidecar recording the fill."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    wd = _workflow_copy(tmp_path, cases=4, seed=3)
+    _snakemake(wd, "results/demo/raw")
+    raw = wd / "results/demo/raw"
+    case = pd.read_json(raw / "demo_summary.json", typ="series")["splits"]["train"][0]
+    vol = next((raw / "train_preprocessed").rglob(f"{case}.nii.gz"))
+    img = sitk.ReadImage(str(vol))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    arr[arr.shape[0] // 2, :4, :4] = np.nan
+    nan = sitk.GetImageFromArray(arr)
+    nan.CopyInformation(img)
+    sitk.WriteImage(nan, str(vol))
+
+    target = "results/demo/volumes/status.parquet"
+    _snakemake(wd, target)
+    status = pd.read_parquet(wd / target).set_index("case_id")
+    assert status.loc[case, "status"] == "error" and "16 of" in status.loc[case, "reason"]
+    assert "datasets.<name>.ingest.fill_nonfinite" in status.loc[case, "reason"]
+    assert (status.drop(index=case).status == "ok").all()
+
+    cfg = yaml.safe_load((wd / "small.yaml").read_text())
+    cfg["datasets"]["demo"]["ingest"] = {"fill_nonfinite": -1024}
+    (wd / "small.yaml").write_text(yaml.safe_dump(cfg))
+    _snakemake(wd, target)
+    assert (pd.read_parquet(wd / target).status == "ok").all()
+    side = (wd / "results/demo/volumes" / f"{case}.json").read_text()
+    assert '"step": "fill_nonfinite"' in side and '"voxels": 16' in side
+
+
 def test_radgenome_without_root_says_which_key_to_set(tmp_path):
     wd = _workflow_copy(tmp_path, cases=4, seed=0)
     proc = _snakemake(wd, "-n", "results/radgenome/manifest/train.parquet", check=False)
@@ -174,3 +209,38 @@ def test_demo_dicom_patient_identifiers_reach_no_output(tmp_path):
     assert len(list(out.glob("*.nii.gz"))) == 2
     for s in secrets:
         assert s.encode() not in blob, f"patient identifier {s!r} leaked into an output or log"
+
+    # The workflow on the same scans, the data set root given by an absolute path below a folder named after
+    # the patient: no table (nor sidecar or log) names the root, the folder or an identifier (the inventory's
+    # paths are relative to the root, and each stage resolves them with the root from the config).
+    folder = summary["patient_ids"][0]
+    root = tmp_path / "site" / folder / "ctrg"
+    root.parent.mkdir(parents=True)
+    shutil.move(src, root)
+    (tmp_path / "wf").mkdir()
+    wd = _workflow_copy(tmp_path / "wf", cases=4, seed=0)
+    cfg = yaml.safe_load((wd / "small.yaml").read_text())
+    cfg["datasets"]["patients"] = {"layout": "ctrg", "root": str(root), "spacing": [1.0, 1.0, 3.0],
+                                   "split": {"seed": 0, "test_fraction": 0.5}, "model_preset": "tiny",
+                                   "splitter": {"kind": "rules"}}
+    (wd / "small.yaml").write_text(yaml.safe_dump(cfg))
+    _snakemake(wd, "results/patients/manifest/train.parquet", "results/patients/manifest/test.parquet")
+    results = wd / "results" / "patients"
+    tables = sorted(results.rglob("*.parquet"))
+    names = {p.relative_to(results).as_posix() for p in tables}
+    assert {"inventory.parquet", "volumes/status.parquet", "masks/status.parquet", "reports/region_reports.parquet",
+            "reports/labels.parquet", "manifest/train.parquet", "manifest/test.parquet"} <= names, names
+    inv = pd.read_parquet(results / "inventory.parquet")
+    assert all((root / p).is_dir() for p in inv.image)
+    assert (pd.read_parquet(results / "volumes/status.parquet").status == "ok").all()
+    forbidden = [str(tmp_path), folder, *secrets]
+    for table in tables:
+        df = pd.read_parquet(table)
+        for col in df.columns:
+            for value in df[col].dropna():
+                text = str(list(value)) if hasattr(value, "__len__") and not isinstance(value, str) else str(value)
+                for s in forbidden:
+                    assert s not in text, f"{s!r} in column {col} of {table.relative_to(results)}"
+    everything = _all_bytes(results)  # the sidecars, the volumes and the stages' logs too
+    for s in forbidden:
+        assert s.encode() not in everything, f"{s!r} in a file under results/patients"

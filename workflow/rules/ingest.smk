@@ -10,7 +10,6 @@ checkpoint inventory:
     params:
         root=lambda wc: dataset_root(wc.dataset),
         layout=lambda wc: dataset_config(wc.dataset)["layout"],
-        metadata=lambda wc: dataset_config(wc.dataset).get("ctrate_metadata"),
         split=lambda wc: dataset_config(wc.dataset).get("split"),
     conda:
         "../../envs/core.yaml"
@@ -32,6 +31,9 @@ rule ingest_shard:
         root=lambda wc: dataset_root(wc.dataset),
         spacing=lambda wc: dataset_config(wc.dataset)["spacing"],
         already_hu=lambda wc: dataset_config(wc.dataset).get("already_hu", True),
+        metadata=lambda wc: ctrate_metadata(wc.dataset),
+        fill_nonfinite=lambda wc: ingest_option(wc.dataset, "fill_nonfinite", None),
+        accept_implausible_hu=lambda wc: ingest_option(wc.dataset, "accept_implausible_hu", False),
     threads: config.get("threads", {}).get("ingest", 2)
     resources:
         mem_mb=4000,

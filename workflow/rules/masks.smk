@@ -14,6 +14,7 @@ rule masks_shard:
         rows=inventory_digest(shard_cases),
         volumes_dir=lambda wc, input: above_shards(input.volumes),
         out_dir=lambda wc, output: above_shards(output.status),
+        root=lambda wc: dataset_root(wc.dataset),
     threads: config.get("threads", {}).get("masks", 2)
     resources:
         mem_mb=4000,

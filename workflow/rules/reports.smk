@@ -7,6 +7,8 @@ rule reports:
     output:
         reports="results/{dataset}/reports/region_reports.parquet",
         labels="results/{dataset}/reports/labels.parquet",
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
     conda:
         "../../envs/core.yaml"
     log:
@@ -29,6 +31,7 @@ rule split_reports_shard:
         rows=inventory_digest(report_shard_cases),
         splitter=lambda wc: splitter_config(wc.dataset),
         cache=lambda wc: f"results/{wc.dataset}/reports/split_cache",
+        root=lambda wc: dataset_root(wc.dataset),
     wildcard_constraints:
         dataset=datasets_regex(SPLIT_DATASETS),
     # vLLM's API server and tokenizer run beside the engine: a serving job needs more than one CPU
@@ -60,6 +63,8 @@ rule split_reports:
         reports="results/{dataset}/reports/region_reports.parquet",
         labels="results/{dataset}/reports/labels.parquet",
         failures="results/{dataset}/reports/split_failures.parquet",
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
     wildcard_constraints:
         dataset=datasets_regex(SPLIT_DATASETS),
     conda:

@@ -6,4 +6,4 @@ setup_script_logging(snakemake.log[0])
 from reg2rg.datasets import inventory  # noqa: E402
 
 params = snakemake.params
-inventory(params.layout, params.root, params.metadata, params.split).to_parquet(snakemake.output.inventory, index=False)
+inventory(params.layout, params.root, params.split).to_parquet(snakemake.output.inventory, index=False)

@@ -13,6 +13,7 @@ status = masks_inventory(
     pd.read_parquet(snakemake.input.volumes),
     volumes_dir=snakemake.params.volumes_dir,
     out_dir=snakemake.params.out_dir,
+    source_root=snakemake.params.root,
     threads=snakemake.threads,
 )
 status.to_parquet(snakemake.output.status, index=False)

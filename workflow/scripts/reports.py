@@ -9,5 +9,5 @@ from reg2rg.datasets import inventory_labels  # noqa: E402
 from reg2rg.reports import inventory_reports, write_region_reports  # noqa: E402
 
 inv = pd.read_parquet(snakemake.input.inventory)
-write_region_reports(inventory_reports(inv), snakemake.output.reports)
-inventory_labels(inv).to_parquet(snakemake.output.labels, index=False)
+write_region_reports(inventory_reports(inv, snakemake.params.root), snakemake.output.reports)
+inventory_labels(inv, snakemake.params.root).to_parquet(snakemake.output.labels, index=False)

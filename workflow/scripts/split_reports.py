@@ -22,7 +22,7 @@ serve = llm.pop("serve", None) or {}
 
 
 def run():
-    return split_report_table(ctrg_reports(inv), kind, llm=llm, cache_dir=snakemake.params.cache,
+    return split_report_table(ctrg_reports(inv, snakemake.params.root), kind, llm=llm, cache_dir=snakemake.params.cache,
                               source=snakemake.input.inventory)
 
 

@@ -12,4 +12,4 @@ from reg2rg.shards import gather  # noqa: E402
 
 write_region_reports(gather(read_region_reports(p) for p in snakemake.input.shards), snakemake.output.reports)
 gather(pd.read_parquet(p) for p in snakemake.input.failures).to_parquet(snakemake.output.failures, index=False)
-ctrg_labels(pd.read_parquet(snakemake.input.inventory)).to_parquet(snakemake.output.labels, index=False)
+ctrg_labels(pd.read_parquet(snakemake.input.inventory), snakemake.params.root).to_parquet(snakemake.output.labels, index=False)
