@@ -387,3 +387,38 @@ def test_a_ctrate_v1_marker_reaches_the_model_where_input_layout_says(tmp_path):
         assert torch.equal(t > 0.999, at(range(8, 16), range(0, 6), range(3, 4))), layout
     with pytest.raises(ValueError, match="needs layout='xyz'"):
         collate_visual([supine], input_layout="ras")
+
+
+@pytest.mark.parametrize("header, layout", [
+    ("identity", "ras"),      # nibabel's default (sform = the identity: RAS), as a blank CT-RATE v1 header
+    ("no_codes", "lps"),      # sform and qform codes 0: ITK reads the identity direction (nibabel: LAS)
+    ("lps", "lps"),           # axes to the left and posterior: what DICOM storage of a head-first supine scan gives
+    ("ras", "ras"),           # a file reoriented to RAS+ (nib.as_closest_canonical, SAT)
+    ("las", None),            # x to the left, y anterior: no input_layout gives its stored order
+    ("permuted", None),       # in-plane axes swapped
+])
+def test_stored_input_layout_gives_the_encoder_the_files_stored_order(tmp_path, header, layout):
+    """What the authors' encoder saw (nibabel's array of the file, as stored) equals our ingested volume through
+    to_input_layout with the layout stored_input_layout names for the file."""
+    import nibabel as nib
+
+    from reg2rg.ingest import ingest, stored_input_layout
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(-1040, -1000, (20, 16, 6)).astype(np.int16)
+    stored[4:16, 3:12] = rng.integers(-20, 21, (12, 9, 6))
+    stored[12:16, 3:6, 4:] = 500  # asymmetric in every axis
+    affines = {"identity": np.eye(4), "no_codes": np.eye(4), "lps": np.diag([-1.0, -1.0, 3.0, 1.0]),
+               "ras": np.diag([1.0, 1.0, 3.0, 1.0]), "las": np.diag([-1.0, 1.0, 3.0, 1.0]),
+               "permuted": np.array([[0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])}
+    img = nib.Nifti1Image(stored, affines[header])
+    if header == "no_codes":
+        img.set_sform(None, code=0)
+        img.set_qform(None, code=0)
+    src = tmp_path / "valid_1_a_1.nii.gz"
+    nib.save(img, str(src))
+    assert stored_input_layout(src) == layout
+    ingest(src, tmp_path / "out.nii.gz", spacing=sitk.ReadImage(str(src)).GetSpacing(), already_hu=True)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))  # [z, y, x], LPS
+    matches = [lay for lay in ("lps", "ras") if np.array_equal(to_input_layout(ours, lay), stored)]
+    assert matches == ([layout] if layout else [])
