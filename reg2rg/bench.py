@@ -560,6 +560,7 @@ def bench_frozen(batch_size: int = 3, steps: int = 4, paper_vit: bool = False, t
 
     import torch
 
+    from reg2rg.data import to_input_layout
     from reg2rg.train import make_batch, model_inputs
 
     if threads:
@@ -575,7 +576,7 @@ def bench_frozen(batch_size: int = 3, steps: int = 4, paper_vit: bool = False, t
     t0 = time.perf_counter()
     cached_items = []
     for it in items:
-        vol = torch.cat([it["global"][None], it["texture"]]).permute(0, 1, 4, 3, 2)
+        vol = to_input_layout(torch.cat([it["global"][None], it["texture"]]), config.input_layout)
         feats = model.visual.vit_features(vol).to(torch.float16)
         c = {k: v for k, v in it.items() if k not in ("global", "texture")}
         c["global_vit"], c["texture_vit"] = feats[0], feats[1:]

@@ -49,6 +49,11 @@ OUTSIDE_HU = -1024
 # Region masks are stored as one uint16 label file per scan: bit i set <=> voxel in REGIONS[i].
 MASK_DTYPE = "uint16"
 
+# Voxel order of the model's input arrays [X, Y, Z] (model config `input_layout`; reg2rg.data.to_input_layout):
+# "lps" indices run to the patient's left, posterior and superior (the ingested volume's, the default); "ras"
+# to the right, anterior and superior (x and y reversed: what nibabel gives for a file stored RAS+).
+INPUT_LAYOUTS = ("lps", "ras")
+
 
 def region_index(name: str) -> int:
     """0-based index of a top-level region name (case-insensitive); ValueError naming the region if unknown."""

@@ -5,6 +5,9 @@ Conventions
 - Arrays are `[z, y, x]` (SimpleITK order); every size argument is written `(x, y, z)` like the model config
   and docs/formats.md (paper: (256, 256, 64), i.e. tensors `[64, 256, 256]`). Outputs are float32 torch
   tensors `[1, Z, Y, X]` (channel first), stacked per sample to `[R, 1, Z, Y, X]`.
+- The model reads `[..., X, Y, Z]` in the voxel order of the model config's `input_layout`:
+  `to_input_layout` is the one place where data arrays become model input (collate, the frozen-ViT feature
+  cache, the benchmarks); the image and its masks always go through it together, so they stay aligned.
 - Resizing is AREA interpolation: every output voxel is the mean of the input voxels of its window
   `[floor(i * n / m), ceil((i + 1) * n / m))` on each axis, i.e. exactly `F.interpolate(mode="area")`
   (adaptive average pooling), which is what the authors' MONAI `Resize` did (its default mode). Here it is
@@ -38,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from reg2rg.constants import HU_CENTER, HU_MAX, HU_MIN, HU_SCALE, OUTSIDE_HU, REGIONS
+from reg2rg.constants import HU_CENTER, HU_MAX, HU_MIN, HU_SCALE, INPUT_LAYOUTS, OUTSIDE_HU, REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,28 @@ def size_zyx(size: Sequence[int]) -> tuple[int, int, int]:
     if len(out) != 3 or min(out) <= 0:
         raise ValueError(f"size: expected three positive integers (x, y, z), got {size!r}")
     return out[2], out[1], out[0]
+
+
+def to_input_layout(array, layout: str = "lps"):
+    """Data order to model input: `array` [..., Z, Y, X] (this module's order; the ingested volume's voxels,
+    whose indices run to the patient's left (x), posterior (y) and superior (z)) -> [..., X, Y, Z] (the order
+    the ViT and the mask encoder read, nibabel's) in the voxel order `layout` names:
+      "lps"  axes swapped only (dims -1 and -3): model axis X (dim -3) runs from the patient's right to left,
+             Y (dim -2) from anterior to posterior, Z (dim -1) from inferior to superior. A view.
+      "ras"  also reversed along X and Y (dims -3 and -2): X runs left to right, Y posterior to anterior, Z
+             still inferior to superior: the array nibabel gives for a file stored in RAS+ voxel order
+             (`nib.as_closest_canonical`, SAT's and MONAI's `Orientation("RAS")`). A copy for a torch tensor
+             (torch.flip), a view for a numpy array.
+    numpy arrays and torch tensors of three or more dimensions; ValueError for another layout."""
+    if layout not in INPUT_LAYOUTS:
+        raise ValueError(f"input layout must be one of {', '.join(INPUT_LAYOUTS)}, got {layout!r}")
+    if array.ndim < 3:
+        raise ValueError(f"to_input_layout: expected [..., Z, Y, X], got shape {tuple(array.shape)}")
+    if isinstance(array, torch.Tensor):
+        out = array.transpose(-1, -3)
+        return out if layout == "lps" else torch.flip(out, dims=(-3, -2))
+    out = np.swapaxes(array, -1, -3)
+    return out if layout == "lps" else out[..., ::-1, ::-1, :]
 
 
 def normalize_hu(arr):
@@ -661,7 +686,7 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | None = None,
-                   layout: str = "zyx") -> dict:
+                   layout: str = "zyx", input_layout: str = "lps") -> dict:
     """Batch dataset items. The regions of all samples are concatenated (no padding of the visual side):
         case_id        list[str]
         global         float32 [B, 1, Z, Y, X]
@@ -673,14 +698,20 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
         report         list[str | None]
     `tokenize(items) -> dict of tensors` (the prompt builder: input_ids, attention_mask, labels padded to the
     longest sample of the batch, e.g. with `pad_to_longest`) is merged in; its keys must not clash.
-    layout="xyz" permutes the spatial axes to [..., X, Y, Z] for a model that reads that order: a permuted
-    VIEW, not a copy (a paper-size sample is ~350 MB; let the device transfer or the model make it contiguous).
+    layout="xyz" makes the spatial axes the model's [..., X, Y, Z] in the voxel order `input_layout` (the model
+    config's; `to_input_layout`), the same for global, texture and geometry: with "lps" a permuted VIEW, not a
+    copy (a paper-size sample is ~350 MB; let the device transfer or the model make it contiguous); with "ras"
+    a flipped copy.
     Items without "global" / "texture" (Reg2RGDataset(images=False)) give batches without them; items with
     cached frozen-ViT features give global_vit [B, T, dim] (stacked) and texture_vit [N, T, dim] (concatenated)."""
     if not items:
         raise ValueError("collate_visual: empty batch")
     if layout not in ("zyx", "xyz"):
         raise ValueError(f"collate_visual: layout must be 'zyx' or 'xyz', got {layout!r}")
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(f"collate_visual: input_layout must be one of {', '.join(INPUT_LAYOUTS)}, got {input_layout!r}")
+    if layout == "zyx" and input_layout != "lps":
+        raise ValueError(f"collate_visual: input_layout {input_layout!r} is a model order: it needs layout='xyz'")
     out = {"case_id": [it["case_id"] for it in items]}
     for key in ("global", "global_vit"):
         if items[0].get(key) is not None:
@@ -697,7 +728,7 @@ def collate_visual(items: list[dict], tokenize: Callable[[list[dict]], dict] | N
     if layout == "xyz":
         for k in ("global", "texture", "geometry"):
             if k in out:
-                out[k] = out[k].permute(0, 1, 4, 3, 2)
+                out[k] = to_input_layout(out[k], input_layout)
     if tokenize is not None:
         extra = tokenize(items)
         clash = set(extra) & set(out)

@@ -11,6 +11,8 @@ Public API, reused by other stages:
   transforms on SimpleITK images (linear for CT, nearest for masks); putting an image on another grid is
   reg2rg.geometry's `resample_to_reference`, as are the grid record and the ITK error text.
 - `estimate_air(array)`: the air-value sanity check recorded as `hu_check`.
+- `stored_input_layout(path)`: the model `input_layout` that gives the encoder a file's voxels in its stored
+  order (the authors' loader's), given how ingest reorients it.
 - `ingest(...)`: the whole stage for one scan, cached on the source's sha256 and the options.
 
 No patient identifier (names, ids, dates, UIDs) is logged, written to the sidecar or to the NIfTI header:
@@ -169,6 +171,32 @@ def to_canonical(image, interpolator="linear", default_value=None):
     pixel = out.GetPixelID() if interp == sitk.sitkNearestNeighbor else sitk.sitkFloat32
     return sitk.Resample(out, new_size, sitk.Transform(), interp, tuple(lo), tuple(spacing),
                          tuple(identity.ravel()), outside_value(interp, default_value), pixel)
+
+
+def stored_input_layout(path) -> str | None:
+    """The model config's `input_layout` under which the model sees the voxels of the image file `path` in
+    the order the file stores them (what a loader that takes nibabel's array as it is, like the authors', gives
+    the encoder), for a file ingested by its header's geometry (not CT-RATE v1 with its metadata CSV, whose
+    ImageOrientationPatient decides). Ingest reorients to LPS by the direction SimpleITK reads from the header:
+    "lps" when the stored axes already run to the patient's left, posterior and superior (ingest keeps the
+    order); "ras" when they run to right, anterior and superior (ingest reverses x and y; so does a NIfTI with
+    an identity sform or qform, a blank header as CT-RATE v1's, which ITK reads as RAS); None for any other
+    order (axes permuted, slices stored superior first): no input_layout reproduces it. Reads the header only;
+    InputError naming the file when it cannot."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _itk_warnings_off():
+            reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(path, f"cannot read the image header: {_itk_message(err)}") from None
+    n = reader.GetDimension()
+    d = np.asarray(reader.GetDirection(), dtype=float).reshape(n, n)[:3, :3]
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(d.ravel()))
+    return {"LPS": "lps", "RAS": "ras"}.get(code)
 
 
 def resample_to_spacing(image, spacing, interpolator="linear", default_value=None, output_pixel_type=None):

@@ -277,7 +277,8 @@ def tokenize_items(items: list[dict], tokenizer, config, *, with_target: bool, p
 def make_batch(items: list[dict], tokenizer, config, *, rng=None, with_target: bool = True,
                padding_side: str = "right") -> dict:
     """Items -> one model batch: regions shuffled with `rng` (None: kept in the items' order), prompts padded to
-    the longest sample, visual inputs concatenated region by region in prompt order, spatial axes [X, Y, Z].
+    the longest sample, visual inputs concatenated region by region in prompt order, spatial axes [X, Y, Z] in
+    the voxel order of `config.input_layout`.
 
     Keys: everything of `reg2rg.data.collate_visual` (global, texture, geometry, region_counts, regions, ...)
     plus input_ids, attention_mask, labels, areas, target. `model_inputs` picks the model's arguments."""
@@ -293,7 +294,7 @@ def make_batch(items: list[dict], tokenizer, config, *, rng=None, with_target: b
     def tokenize(its):
         return tokenize_items(its, tokenizer, config, with_target=with_target, padding_side=padding_side)
 
-    return collate_visual(items, tokenize=tokenize, layout="xyz")
+    return collate_visual(items, tokenize=tokenize, layout="xyz", input_layout=config.input_layout)
 
 
 def model_inputs(batch: dict, device, *, labels: bool = True, dtype=None) -> dict:
@@ -395,27 +396,31 @@ def vit_digest(visual) -> str:
     return h.hexdigest()
 
 
-def _features_ok(path: Path, digest: str) -> bool:
+def _features_ok(path: Path, digest: str, input_layout: str) -> bool:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("vit_sha256") == digest
+            meta = f.metadata() or {}
+            return meta.get("vit_sha256") == digest and meta.get("input_layout") == input_layout
     except Exception:  # missing or unreadable: compute again
         return False
 
 
-def cache_vit_features(visual, dataset, folder, *, device="cpu", rank: int = 0, processes: int = 1,
-                       autocast=None) -> int:
+def cache_vit_features(visual, dataset, folder, *, input_layout: str, device="cpu", rank: int = 0,
+                       processes: int = 1, autocast=None) -> int:
     """Write the frozen ViT's outputs of every scan of `dataset` (this process: scans rank, rank + processes,
     ...) to `folder/{case_id}.safetensors`: "global" [T, dim] and "texture" [R, T, dim] (fp16, the item's
-    regions in its order, listed in the metadata with the ViT's digest). Files of the same ViT are kept.
+    regions in its order, listed in the metadata with the ViT's digest and the `input_layout` the volumes were
+    given in, the model config's). Files of the same ViT and input layout are kept; others are computed again.
     `autocast`: a callable returning the context to run the ViT in (accelerator.autocast).
     Returns the number of scans computed."""
     import contextlib
 
     import torch
     from safetensors.torch import save_file
+
+    from reg2rg.data import to_input_layout
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -425,15 +430,16 @@ def cache_vit_features(visual, dataset, folder, *, device="cpu", rank: int = 0, 
     done = 0
     for i in range(rank, len(dataset), processes):
         path = folder / f"{ids[i]}.safetensors"
-        if _features_ok(path, digest):
+        if _features_ok(path, digest, input_layout):
             continue
         item = dataset[i]
-        vol = torch.cat([item["global"][None], item["texture"]]).permute(0, 1, 4, 3, 2)  # [N, 1, X, Y, Z]
+        vol = to_input_layout(torch.cat([item["global"][None], item["texture"]]), input_layout)  # [N, 1, X, Y, Z]
         with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
             feats = visual.vit_features(vol.to(device=device, dtype=dtype)).to("cpu", torch.float16)
         with atomic_path(path) as tmp:
             save_file({"global": feats[0].contiguous(), "texture": feats[1:].contiguous()}, str(tmp),
-                      metadata={"vit_sha256": digest, "regions": json.dumps([int(r) for r in item["regions"]])})
+                      metadata={"vit_sha256": digest, "input_layout": input_layout,
+                                "regions": json.dumps([int(r) for r in item["regions"]])})
         done += 1
     return done
 
@@ -895,8 +901,9 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                               "frozen_vit_train_mode off) and global or texture inputs")
         folder = work / VIT_FEATURES_DIR
         t0 = time.perf_counter()
-        done = cache_vit_features(unwrapped.visual, dataset, folder, device=accelerator.device, rank=rank,
-                                  processes=processes, autocast=accelerator.autocast)
+        done = cache_vit_features(unwrapped.visual, dataset, folder, input_layout=model_config.input_layout,
+                                  device=accelerator.device, rank=rank, processes=processes,
+                                  autocast=accelerator.autocast)
         accelerator.wait_for_everyone()
         log.info("process %d: ViT features of %d scans computed in %.1f s (%s)", rank, done,
                  time.perf_counter() - t0, folder)

@@ -30,6 +30,7 @@ from reg2rg.data import (
     region_texture_input,
     resize_area,
     size_zyx,
+    to_input_layout,
 )
 
 from conftest import SHARED_DATA as DATA
@@ -135,6 +136,26 @@ def test_pad_to_longest_pads_to_the_batch_not_to_2048():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, mask = pad_to_longest([torch.tensor([1, 2]), torch.tensor([3])], pad_value=9, side="left")
     assert ids.tolist() == [[1, 2], [9, 3]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_to_input_layout_swaps_to_model_axes_and_ras_reverses_x_and_y():
+    z, y, x = 3, 4, 5
+    a = torch.zeros(2, 1, z, y, x)
+    a[1, 0, 2, 0, 4] = 1  # data order: slice 2 (superior end), row 0 (anterior end), column 4 (left end)
+    lps = to_input_layout(a, "lps")
+    assert lps.shape == (2, 1, x, y, z) and lps[1, 0, 4, 0, 2] == 1
+    assert torch.equal(lps, a.permute(0, 1, 4, 3, 2)) and lps.data_ptr() == a.data_ptr()  # a view, as before
+    ras = to_input_layout(a, "ras")
+    assert ras.shape == (2, 1, x, y, z) and ras[1, 0, 0, y - 1, 2] == 1  # right end, posterior end, superior
+    assert torch.equal(ras, torch.flip(lps, dims=(2, 3)))
+    n = a.numpy()
+    assert np.array_equal(to_input_layout(n, "lps"), lps.numpy()) and np.shares_memory(to_input_layout(n, "lps"), n)
+    assert np.array_equal(to_input_layout(n[1, 0], "ras"), ras[1, 0].numpy())
+    for bad in ("RAS", "xyz", None):
+        with pytest.raises(ValueError, match="lps, ras"):
+            to_input_layout(a, bad)
+    with pytest.raises(ValueError, match=r"\[\.\.\., Z, Y, X\]"):
+        to_input_layout(torch.zeros(4, 4), "lps")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -284,3 +305,120 @@ def test_collate_in_a_dataloader_worker_uses_shared_memory(cached):
     for key in ("global", "texture", "geometry"):
         assert torch.equal(batch[key], direct[key])
     assert batch["region_counts"].tolist() == [2]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Orientation: a CT-RATE v1 file through ingest, masks and cache to the model input
+# --------------------------------------------------------------------------------------------------------------
+
+def _ctrate_v1_item(tmp, prone: bool, size) -> dict:
+    """One synthetic scan written as CT-RATE v1 writes its files, taken through ingest, the masks and cache
+    stages to a Reg2RGDataset item. The file: raw stored values (HU + 1024) in a NIfTI with an identity affine
+    (v1's blank header), nibabel array [i, j, k] = [column, row, slice]; its geometry only in the metadata row
+    (1 x 1 x 3 mm, slices to superior). Body (0 HU) in air, a 500 HU block at the left-anterior-superior corner
+    of the body; region `lung`: the body's left-anterior quadrant, its mask file on the metadata's grid.
+    Head-first supine: columns run to the patient's left, rows to posterior (ImageOrientationPatient
+    [1,0,0,0,1,0]); prone: both reversed ([-1,0,0,0,-1,0]), the same patient on the same physical grid."""
+    import nibabel as nib
+
+    from reg2rg.ingest import ingest, read_ct
+    from reg2rg.masks import import_region_masks
+
+    tmp.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1040, -1000, (40, 32, 12)).astype(np.int16)  # air, noisy (ingest checks it)
+    hu[4:36, 4:28, :] = rng.integers(-20, 21, (32, 24, 12))  # body
+    hu[28:36, 4:10, 8:12] = 500  # marker: high i (left), low j (anterior), high k (superior)
+    lung = np.zeros(hu.shape, dtype=np.uint8)
+    lung[20:36, 4:16, :] = 1  # left-anterior quadrant of the body
+    orientation, position = "[1, 0, 0, 0, 1, 0]", "[-20.0, -16.0, -100.0]"
+    if prone:
+        hu, lung = hu[::-1, ::-1].copy(), lung[::-1, ::-1].copy()
+        orientation, position = "[-1, 0, 0, 0, -1, 0]", "[19.0, 15.0, -100.0]"
+    src = tmp / "valid_1_a_1.nii.gz"
+    nib.save(nib.Nifti1Image((hu.astype(np.int32) + 1024).astype(np.int16), np.eye(4)), str(src))
+    meta = tmp / "validation_metadata.csv"
+    meta.write_text("VolumeName,RescaleSlope,RescaleIntercept,XYSpacing,ZSpacing,ImageOrientationPatient,"
+                    f"ImagePositionPatient\n{src.name},1.0,-1024.0,\"[1.0, 1.0]\",3.0,\"{orientation}\",\"{position}\"\n")
+    volume = tmp / "volumes" / "valid_1_a_1.nii.gz"
+    ingest(src, volume, spacing=(1.0, 1.0, 3.0), metadata_csv=meta)
+    grid, _ = read_ct(src, metadata_csv=meta)  # the source grid, as the metadata gives it
+    mask = sitk.GetImageFromArray(lung.transpose(2, 1, 0))
+    mask.CopyInformation(grid)
+    (tmp / "seg").mkdir()
+    sitk.WriteImage(mask, str(tmp / "seg" / "lung.nii.gz"))
+    label = tmp / "masks" / "valid_1_a_1.nii.gz"
+    import_region_masks(volume, {"lung": tmp / "seg" / "lung.nii.gz"}, label)
+    cache_scan(volume, label, tmp / "cache" / "valid_1_a_1.safetensors", input_size=size)
+    texts = ["t" if r == "lung" else None for r in REGIONS]
+    row = _manifest_row("valid_1_a_1", volume, label, texts, ["lung"])
+    return Reg2RGDataset(pd.DataFrame([row]), tmp / "cache", size, text=False)[0]
+
+
+def test_a_ctrate_v1_marker_reaches_the_model_where_input_layout_says(tmp_path):
+    size = (16, 12, 4)  # (x, y, z): the body (32 x 24 x 12 voxels) halved in x and y, z in windows of 3 slices
+    supine = _ctrate_v1_item(tmp_path / "supine", False, size)
+    prone = _ctrate_v1_item(tmp_path / "prone", True, size)
+    for key in ("global", "texture", "geometry"):  # ingest puts both storage orders in the same LPS voxel order
+        assert torch.equal(supine[key], prone[key]), key
+    assert supine["regions"] == [LUNG]
+    batches = {layout: collate_visual([supine], layout="xyz", input_layout=layout) for layout in ("lps", "ras")}
+    for key in ("global", "texture", "geometry"):
+        assert torch.equal(batches["ras"][key], torch.flip(batches["lps"][key], dims=(2, 3)))
+    x, y, z = size
+    for layout, b in batches.items():
+        g, t, m = b["global"][0, 0], b["texture"][0, 0], b["geometry"][0, 0]  # [X, Y, Z]
+        assert g.shape == t.shape == m.shape == (x, y, z)
+
+        def at(xs, ys, zs):  # [X, Y, Z] boolean box, xs/ys given in LPS index ranges
+            box = torch.zeros(x, y, z, dtype=torch.bool)
+            if layout == "ras":  # X runs to the patient's right, Y to anterior
+                xs, ys = range(x - xs.stop, x - xs.start), range(y - ys.stop, y - ys.start)
+            box[xs.start:xs.stop, ys.start:ys.stop, zs.start:zs.stop] = True
+            return box
+
+        # The marker (500 HU: 1.0 after the window) fills the left-anterior-superior output windows: in lps at
+        # high X, low Y; in ras at low X, high Y; superior (high Z) in both.
+        assert torch.equal(g > 0.999, at(range(12, 16), range(0, 3), range(3, 4))), layout
+        # The region's mask (geometry input, the body frame) flips with the image and holds the marker.
+        assert torch.equal(m > 0.5, at(range(8, 16), range(0, 6), range(0, 4))), layout
+        assert bool(m[g > 0.999].min() == 1)
+        # Its texture crop (the quadrant, 16 x 12 x 12 voxels) shows the marker at the same corner.
+        assert torch.equal(t > 0.999, at(range(8, 16), range(0, 6), range(3, 4))), layout
+    with pytest.raises(ValueError, match="needs layout='xyz'"):
+        collate_visual([supine], input_layout="ras")
+
+
+@pytest.mark.parametrize("header, layout", [
+    ("identity", "ras"),      # nibabel's default (sform = the identity: RAS), as a blank CT-RATE v1 header
+    ("no_codes", "lps"),      # sform and qform codes 0: ITK reads the identity direction (nibabel: LAS)
+    ("lps", "lps"),           # axes to the left and posterior: what DICOM storage of a head-first supine scan gives
+    ("ras", "ras"),           # a file reoriented to RAS+ (nib.as_closest_canonical, SAT)
+    ("las", None),            # x to the left, y anterior: no input_layout gives its stored order
+    ("permuted", None),       # in-plane axes swapped
+])
+def test_stored_input_layout_gives_the_encoder_the_files_stored_order(tmp_path, header, layout):
+    """What the authors' encoder saw (nibabel's array of the file, as stored) equals our ingested volume through
+    to_input_layout with the layout stored_input_layout names for the file."""
+    import nibabel as nib
+
+    from reg2rg.ingest import ingest, stored_input_layout
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(-1040, -1000, (20, 16, 6)).astype(np.int16)
+    stored[4:16, 3:12] = rng.integers(-20, 21, (12, 9, 6))
+    stored[12:16, 3:6, 4:] = 500  # asymmetric in every axis
+    affines = {"identity": np.eye(4), "no_codes": np.eye(4), "lps": np.diag([-1.0, -1.0, 3.0, 1.0]),
+               "ras": np.diag([1.0, 1.0, 3.0, 1.0]), "las": np.diag([-1.0, 1.0, 3.0, 1.0]),
+               "permuted": np.array([[0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])}
+    img = nib.Nifti1Image(stored, affines[header])
+    if header == "no_codes":
+        img.set_sform(None, code=0)
+        img.set_qform(None, code=0)
+    src = tmp_path / "valid_1_a_1.nii.gz"
+    nib.save(img, str(src))
+    assert stored_input_layout(src) == layout
+    ingest(src, tmp_path / "out.nii.gz", spacing=sitk.ReadImage(str(src)).GetSpacing(), already_hu=True)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))  # [z, y, x], LPS
+    matches = [lay for lay in ("lps", "ras") if np.array_equal(to_input_layout(ours, lay), stored)]
+    assert matches == ([layout] if layout else [])

@@ -185,6 +185,40 @@ def test_batch_regions_follow_the_prompt_order(tok):
     assert len(orders) > 1
 
 
+def test_input_layout_reaches_the_batch_the_run_and_the_feature_cache(tok, tmp_path):
+    from reg2rg.data import to_input_layout
+    from reg2rg.model import build_model
+    from reg2rg.train import _fingerprint, cache_vit_features
+
+    cfg = small_config(freeze_vit=True)
+    ras = cfg.replace(input_layout="ras")
+    assert cfg.input_layout == load_preset("paper").input_layout == "lps"
+    with pytest.raises(ConfigError, match="input_layout: 'RAS' is not one of lps, ras"):
+        cfg.replace(input_layout="RAS")
+    ds = SynthDataset(2, cfg.input_size, seed=0)
+    items = [ds[0], ds[1]]
+    # The batch: every visual input in the config's voxel order (ras: x and y reversed), the prompt unchanged.
+    b_lps, b_ras = make_batch(items, tok, cfg), make_batch(items, tok, ras)
+    for key in ("global", "texture", "geometry"):
+        assert torch.equal(b_ras[key], torch.flip(b_lps[key], dims=(2, 3))), key
+    assert torch.equal(b_lps["input_ids"], b_ras["input_ids"])
+    # The run: another layout is another run (its checkpoints are not resumed).
+    ids = [it["case_id"] for it in items]
+    assert _fingerprint(cfg, TrainingConfig(), ids, tok, 1) != _fingerprint(ras, TrainingConfig(), ids, tok, 1)
+    # The frozen-ViT feature cache: files of one layout are kept for it and computed again for the other.
+    torch.manual_seed(0)
+    visual = build_model(cfg, tok).visual.eval()
+    folder = tmp_path / "vit_features"
+    assert cache_vit_features(visual, ds, folder, input_layout="lps") == 2
+    lps_feats = load_file(folder / "case_0.safetensors")
+    assert cache_vit_features(visual, ds, folder, input_layout="lps") == 0
+    assert cache_vit_features(visual, ds, folder, input_layout="ras") == 2
+    ras_feats = load_file(folder / "case_0.safetensors")
+    vol = torch.cat([items[0]["global"][None], items[0]["texture"]])
+    assert torch.equal(ras_feats["texture"], visual.vit_features(to_input_layout(vol, "ras"))[1:].half())
+    assert not torch.allclose(ras_feats["texture"].float(), lps_feats["texture"].float(), atol=1e-2)
+
+
 def test_tokenizer_learns_from_training_reports_only():
     import pandas as pd
 

@@ -2,8 +2,10 @@
 
 Axis order: every 3-vector here (input size, patch sizes, position grids) is written (x, y, z), the
 order of `docs/formats.md`. Model tensors are laid out [N, C, X, Y, Z] to match: a SimpleITK array
-`[z, y, x]` becomes model input with `array.transpose(2, 1, 0)`. This is also the layout RadFM's ViT was
-trained on (nibabel arrays, slices last), so its patch (32, 32, 4) keeps 4 slices per patch.
+`[z, y, x]` becomes model input with `reg2rg.data.to_input_layout(array, config.input_layout)`, a transpose
+(2, 1, 0), plus a reversal of x and y for `input_layout: ras`. Slices last is also the layout RadFM's ViT was
+trained on (nibabel arrays), so its patch (32, 32, 4) keeps 4 slices per patch; which in-plane voxel order
+the authors' RadGenome files had (LPS or RAS) is open: docs/formats.md, "What the encoder sees".
 
 Presets live in `config/config.yaml` under `presets:`; `config_from_preset(mapping, **overrides)` turns one
 preset mapping into a config.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reg2rg.constants import INPUT_LAYOUTS
 from reg2rg.errors import ConfigError
 
 ARCHS = ("llama", "gpt2")
@@ -123,6 +126,11 @@ class Reg2RGConfig:
     """Everything that fixes the model's shape and behaviour; written beside a trained model as JSON."""
 
     input_size: tuple[int, int, int] = (256, 256, 64)  # (x, y, z) of the global volume, crops and masks
+    # Voxel order of every visual input (global, texture, geometry) on the model's axes [X, Y, Z]
+    # (reg2rg.data.to_input_layout): "lps", the ingested volume's (X from the patient's right to left, Y anterior
+    # to posterior, Z inferior to superior); "ras", X and Y reversed (X left to right, Y posterior to anterior),
+    # what nibabel gives for a RAS+ file. A pretrained ViT sees a flipped volume as another one.
+    input_layout: str = "lps"
     vit: ViTConfig = field(default_factory=ViTConfig)
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     mask_encoder: ViTConfig = field(default_factory=_default_mask_encoder)
@@ -207,6 +215,8 @@ class Reg2RGConfig:
         if self.frozen_vit_train_mode and not self.freeze_vit:
             raise ConfigError("frozen_vit_train_mode is for a frozen ViT (freeze_vit); a trained ViT is in train "
                               "mode anyway")
+        if self.input_layout not in INPUT_LAYOUTS:
+            raise ConfigError(f"input_layout: {self.input_layout!r} is not one of {', '.join(INPUT_LAYOUTS)}")
         if self.perceiver.num_latents <= 0:
             raise ConfigError("perceiver.num_latents must be positive")
 
