@@ -139,6 +139,10 @@ def training_threads(dataset):
     return settings.get("resources", {}).get("threads") or max(2, settings.get("num_workers", 0))
 
 
+# generation: less its resources, as rules generate and ablation_generate pass it (reg2rg.generate.GenerationSettings)
+GENERATION_SETTINGS = {k: v for k, v in config.get("generation", {}).items() if k != "resources"}
+
+
 def generation_resources(dataset):
     return config.get("generation", {}).get("resources", {}).get(model_preset_name(dataset), {})
 
@@ -148,9 +152,7 @@ def generation_decoding():
     records them in predictions.parquet; the evaluate rules record the same in metrics.json."""
     from reg2rg.generate import GenerationSettings
 
-    return GenerationSettings.from_dict(
-        {k: v for k, v in config.get("generation", {}).items() if k != "resources"}
-    ).decoding()
+    return GenerationSettings.from_dict(GENERATION_SETTINGS).decoding()
 
 
 def generation_threads(dataset):

@@ -11,11 +11,11 @@ rule evaluate:
         metrics="results/{dataset}/metrics.json",
         lengths_plot="results/{dataset}/report_lengths.png",
     params:
-        protocol=config.get("evaluation", {}).get("protocol", "all"),
-        labeler=config.get("evaluation", {}).get("labeler", "rules"),
-        radbert_checkpoint=config.get("evaluation", {}).get("radbert_checkpoint"),
-        radbert_dir=config.get("evaluation", {}).get("radbert_dir"),
-        radbert_lowercase=config.get("evaluation", {}).get("radbert_lowercase", True),
+        protocol=config["evaluation"]["protocol"],
+        labeler=config["evaluation"]["labeler"],
+        radbert_checkpoint=config["evaluation"]["radbert_checkpoint"],
+        radbert_dir=config["evaluation"]["radbert_dir"],
+        radbert_lowercase=config["evaluation"]["radbert_lowercase"],
         meta=lambda wc: {
             "dataset": wc.dataset,
             "model_preset": model_preset_name(wc.dataset),

@@ -10,7 +10,7 @@ rule generate:
     output:
         predictions="results/{dataset}/predictions.parquet",
     params:
-        settings={k: v for k, v in config.get("generation", {}).items() if k != "resources"},
+        settings=GENERATION_SETTINGS,
     threads: lambda wc: generation_threads(wc.dataset)
     resources:
         gpu=lambda wc: generation_resources(wc.dataset).get("gpu", 0),

@@ -32,9 +32,7 @@ rule train:
         deepspeed_config=launch_config("deepspeed/zero2.json"),
         preset=lambda wc: model_preset_name(wc.dataset),
         preset_json=lambda wc: json.dumps(model_preset(wc.dataset), sort_keys=True),
-        training_json=lambda wc: json.dumps(
-            {k: v for k, v in training_settings(wc.dataset).items() if k != "resources"}, sort_keys=True
-        ),
+        training_json=lambda wc: json.dumps(_training_run(training_settings(wc.dataset)), sort_keys=True),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer}" if input.tokenizer else "",
         cpu_fallback=lambda wc: training_cpu_fallback(wc.dataset),
         work=lambda wc: f"results/{wc.dataset}/model_work",
