@@ -49,6 +49,7 @@ from typing import Any, Iterator, Sequence
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.files import atomic_path
+from reg2rg.workflow_config import read_workflow_config
 
 log = logging.getLogger("reg2rg.train")  # the same name under `python -m`
 
@@ -163,19 +164,8 @@ class TrainingConfig:
             raise ConfigError(f"training: {err}") from err
 
 
-def read_workflow_config(path=None) -> dict:
-    """config/config.yaml (or `path`) as a mapping."""
-    import yaml
-
-    path = Path(path) if path is not None else Path(__file__).resolve().parents[1] / "config" / "config.yaml"
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read the workflow config: {err}") from err
-
-
 def load_training(name: str, path=None) -> TrainingConfig:
-    """`training.<name>` of config/config.yaml (or `path`)."""
+    """`training.<name>` of the workflow config `path` (read_workflow_config's default: ./config/config.yaml)."""
     data = read_workflow_config(path).get("training") or {}
     if name not in data:
         raise ConfigError(f"{path or 'config/config.yaml'}: no training settings {name!r}; "
@@ -1050,7 +1040,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", required=True, help="work folder: checkpoints, TensorBoard logs, training log")
     p.add_argument("--out", required=True, help="the trained model folder to write")
     p.add_argument("--config", default=None, help="workflow config with presets: and training: "
-                   "(default: config/config.yaml)")
+                   "(default: config/config.yaml of the working directory; read only for --preset or --training "
+                   "without their -json form: the workflow passes both as JSON)")
     p.add_argument("--preset", default=None, help="model preset name in the config")
     p.add_argument("--preset-json", default=None, help="the model preset mapping as JSON (instead of --preset)")
     p.add_argument("--training", default=None, help="training settings name in the config (default: the preset's)")
@@ -1113,7 +1104,9 @@ def _main(args) -> int:
     from reg2rg.manifest import read_manifest
     from reg2rg.model.config import config_from_preset
 
-    cfg = read_workflow_config(args.config) if (args.preset or args.training or not args.training_json) else {}
+    # the workflow passes the resolved preset and training settings as JSON: the config is read only for names
+    need_config = (args.preset and not args.preset_json) or not args.training_json
+    cfg = read_workflow_config(args.config) if need_config else {}
     if args.preset_json:
         preset = json.loads(args.preset_json)
     elif args.preset:

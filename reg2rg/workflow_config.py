@@ -90,6 +90,24 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     return problems
 
 
+WORKFLOW_CONFIG = Path("config") / "config.yaml"  # relative to the working directory, as `snakemake` reads it
+
+
+def read_workflow_config(path: str | Path | None = None) -> dict:
+    """The workflow config `path` as a mapping; default WORKFLOW_CONFIG, in the working directory (never the
+    package's own source tree: the workflow passes resolved settings, and a user's config is theirs)."""
+    import yaml
+
+    path = Path(path) if path is not None else WORKFLOW_CONFIG
+    if not path.is_file():
+        hint = " (run from the workflow's folder, or give the config's path)" if path == WORKFLOW_CONFIG else ""
+        raise ConfigError(f"{path}: no workflow config here{hint}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the workflow config: {err}") from err
+
+
 def load_schema(path: str | Path) -> dict:
     import yaml
 

@@ -90,6 +90,24 @@ def make_batch(tok, cfg, region_lists, *, with_target=True, padding_side="right"
 # Config and presets
 
 
+def test_presets_come_from_the_working_directorys_config_not_the_package(tmp_path, monkeypatch):
+    """The package never reads config/config.yaml from its own source tree: the default is the working
+    directory's (where `snakemake` runs), and without one the error says what to do."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"config/config.yaml: no workflow config here \(run from the workflow"):
+        load_preset("tiny")
+    assert load_preset("tiny", shipped) == load_preset("tiny", str(shipped))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "presets:\n  mine: {input_size: [32, 32, 16], llm: {sizes: {hidden_size: 16}}}\n")
+    assert list(load_preset("mine").input_size) == [32, 32, 16]
+    with pytest.raises(ConfigError, match="no preset 'tiny'; presets: mine"):
+        load_preset("tiny")
+
+
 def test_presets_and_config_round_trip():
     paper = load_preset("paper")
     assert paper.input_size == (256, 256, 64) and paper.vit.patch_size == (32, 32, 4)

@@ -322,14 +322,12 @@ def config_from_preset(mapping: dict[str, Any], **overrides) -> Reg2RGConfig:
 
 
 def load_preset(name: str, path=None, **overrides) -> Reg2RGConfig:
-    """Read `presets.<name>` from a YAML file (default: the repository's config/config.yaml)."""
-    import yaml
+    """Read `presets.<name>` from the workflow config `path` (reg2rg.workflow_config.read_workflow_config; default
+    config/config.yaml of the working directory, as `snakemake` reads it)."""
+    from reg2rg.workflow_config import WORKFLOW_CONFIG, read_workflow_config
 
-    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "config" / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read model presets: {err}") from err
+    data = read_workflow_config(path)
+    path = path or WORKFLOW_CONFIG
     presets = data.get("presets", data)
     if name not in presets:
         raise ConfigError(f"{path}: no preset {name!r}; presets: {', '.join(sorted(presets))}")
