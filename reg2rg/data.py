@@ -17,7 +17,7 @@ Conventions
 - HU are resized first, then clamped to [HU_MIN, HU_MAX] and scaled (x - HU_CENTER) / HU_SCALE, in the
   authors' order (clamping first would change every window that holds bone or air beyond the window).
 
-The method's inputs (DESIGN.md), and the frame each lives in:
+The method's inputs (docs/method.md, "Local Feature Decoupling (LFD) inputs"), and the frame each lives in:
 - global: the volume cropped to the body (bounding box of voxels > -1000 HU), resized.
 - texture (LFD): the volume times the region mask, -1024 HU outside it, cropped to the bounding box of the
   masked volume's voxels > -1000 HU (the authors' CropForeground on the masked volume: the region's voxels

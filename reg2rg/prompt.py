@@ -54,10 +54,11 @@ def strip_rra(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # The prompt, its special tokens, and training/inference examples.
 #
-# Prompt (DESIGN.md): "The global information is provided as the context: <image>[image tokens]</image>. "
-# then per region i (1-based) "The region {i} is <region>[texture tokens][geometry token]</region>. ", then
-# the instruction. Every visual token is one placeholder token in the text; the model writes the visual
-# feature into the embedding at that position.
+# Prompt (docs/method.md, "Prompt"):
+# "The global information is provided as the context: <image>[image tokens]</image>. " then per region i
+# (1-based) "The region {i} is <region>[texture tokens][geometry token]</region>. ", then the instruction.
+# Every visual token is one placeholder token in the text; the model writes the visual feature into the
+# embedding at that position.
 
 IMAGE_START, IMAGE_END = "<image>", "</image>"
 REGION_START, REGION_END = "<region>", "</region>"
