@@ -107,26 +107,30 @@ def resample_to_reference(image, reference, interpolator="nearest", default_valu
                          outside_value(interp, default_value), output_pixel_type)
 
 
+# What precedes ITK's own words in an exception line: "ITK ERROR: Class(0x...): " (older builds) or
+# "itk::ERROR: Class(0x...): " (SimpleITK 2.x) or "sitk::ERROR: "; the address differs from run to run.
+_ITK_PREFIX = re.compile(r"(?:ITK ERROR|itk::ERROR|sitk::ERROR): (?:\w+\(0x[0-9a-fA-F]+\): )?")
+
+
 def itk_message(err: Exception, *, short: bool = False) -> str:
     """The useful part of an ITK exception's text, for an error message (the caller names the file).
 
     Default (ingest's messages): every line but SimpleITK's "Exception thrown in ..." and the C++ source
-    location lines, each without its "ITK ERROR: Class(0x...): " prefix, joined with "; ", at most 400
-    characters. `short` (the masks' and cache's messages): one line, only what follows the first
-    "ITK ERROR:" or "sitk::ERROR:", at most 300 characters (the exception's type name when empty)."""
+    location lines, each without its ITK prefix (_ITK_PREFIX, with the object's address), joined with "; ", at
+    most 400 characters. `short` (the masks' and cache's messages): one line, only what follows the first ITK
+    prefix, at most 300 characters (the exception's type name when empty)."""
     if short:
         text = " ".join(str(err).split())
-        # ITK messages look like "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123: ITK ERROR: ..."
-        for marker in ("ITK ERROR:", "sitk::ERROR:"):
-            if marker in text:
-                text = text.split(marker, 1)[1].strip()
-                break
+        # "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123: itk::ERROR: Class(0x...): ..."
+        found = _ITK_PREFIX.search(text)
+        if found:
+            text = text[found.end():].strip()
         return text[:300] if text else type(err).__name__
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     keep = []
     for ln in lines:
         if ln.startswith("Exception thrown in SimpleITK") or ln.startswith("/") and ".cxx" in ln:
             continue
-        keep.append(re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln))
+        keep.append(_ITK_PREFIX.sub("", ln, count=1) if _ITK_PREFIX.match(ln) else ln)
     text = "; ".join(keep) or str(err)
     return text[:400]
