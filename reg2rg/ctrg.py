@@ -137,9 +137,10 @@ def classify_values(values: np.ndarray) -> str:
     return "unknown"
 
 
-def detect_intensity_mode(images, sample: int = INTENSITY_SAMPLE) -> str:
+def detect_intensity_mode(images, sample: int = INTENSITY_SAMPLE, root=None) -> str:
     """The data set's intensity mode from up to `sample` volumes spread over the (sorted) list. InputError
-    naming the files when they disagree or when one is neither HU nor 8-bit windowed."""
+    naming the files when they disagree or when one is neither HU nor 8-bit windowed. The log names a file
+    relative to `root` (the data set root: no path above it reaches a log)."""
     found = [Path(p) for p in sorted(map(str, images)) if Path(p).exists()]
     if not found:
         return "hu"  # nothing readable: every scan fails at ingest with its own reason
@@ -151,7 +152,9 @@ def detect_intensity_mode(images, sample: int = INTENSITY_SAMPLE) -> str:
         except InputError:
             raise
         except Exception as err:  # unreadable files are ingest's to report
-            log.warning("%s: cannot sample intensities (%s); not used for the intensity mode", found[i], err)
+            shown = found[i].relative_to(root).as_posix() if root and found[i].is_relative_to(root) else found[i].name
+            log.warning("%s: cannot sample intensities (%s); not used for the intensity mode", shown,
+                        str(err).replace(str(found[i]), shown))
             continue
         mode = classify_values(values)
         if mode == "unknown":
@@ -196,7 +199,7 @@ def ctrg_inventory(root, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRA
             raise InputError(img, f"slices first (shape {list(_nifti_shape(img))}): conform the data set first with "
                                   f"`python -m reg2rg.ctrg conform {root} OUT_DIR [--spacing X Y Z]`, then set the "
                                   "root to OUT_DIR")
-    mode = detect_intensity_mode(images)
+    mode = detect_intensity_mode(images, root=root)
     split = random_split(ann.case_id, seed, test_fraction)
     labels = root / LABELS
     inv = pd.DataFrame({

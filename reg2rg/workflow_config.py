@@ -58,6 +58,10 @@ def reference_problems(config: dict) -> list[str]:
     if default is not None and default not in datasets:
         out.append(f"config: default_dataset {default!r} is no data set{_known(datasets)}")
     for name, ds in datasets.items():
+        metadata = {k: v for k, v in ((ds or {}).get("ctrate_metadata") or {}).items() if v}
+        if metadata and (ds or {}).get("layout") != "radgenome":
+            out.append(f"config: datasets.{name}.ctrate_metadata is set ({', '.join(sorted(metadata))}) but only "
+                       f"the radgenome layout reads CT-RATE metadata (layout {(ds or {}).get('layout')!r})")
         preset = (ds or {}).get("model_preset")
         if preset is not None and preset not in presets:
             out.append(f"config: datasets.{name}.model_preset {preset!r} is no preset{_known(presets)}")

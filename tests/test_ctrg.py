@@ -445,3 +445,21 @@ def test_split_reports_serves_the_llm_itself_and_stops_it(tmp_path):
     assert set(reports.splitter) == {"llm:Qwen2.5-14B-Instruct:ctrg-split-v1"}
     assert (wd / "results" / "demo_ctrg" / "logs" / "split_reports" / "00000.vllm_serve.log").is_file()
     assert not is_healthy(f"http://127.0.0.1:{port}/v1")  # stopped after the split
+
+
+def test_intensity_sampling_logs_no_path_above_the_root(tmp_path, caplog):
+    """An unreadable volume is left to ingest; the warning names it relative to the data set root (a folder
+    above it may carry the patient's name)."""
+    import logging
+
+    from reg2rg.ctrg import detect_intensity_mode
+
+    root = tmp_path / "Doe^John" / "ctrg"
+    (root / "vol").mkdir(parents=True)
+    bad = root / "vol" / "c1.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with caplog.at_level(logging.WARNING, logger="reg2rg"):
+        assert detect_intensity_mode([bad], root=root) == "hu"
+    text = caplog.text
+    assert "vol/c1.nii.gz: cannot sample intensities" in text
+    assert "Doe^John" not in text and str(tmp_path) not in text

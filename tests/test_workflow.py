@@ -160,6 +160,17 @@ def test_every_unknown_key_is_named_with_where_it_is():
     assert "spacing" in spacing.split("known:")[1]  # the keys it could have meant
 
 
+def test_ctrate_metadata_on_a_ctrg_data_set_is_refused_not_ignored():
+    from reg2rg.workflow_config import config_problems, load_schema
+
+    cfg = _shipped_config()
+    cfg["datasets"]["ctrg"]["ctrate_metadata"] = {"train": "/data/train_metadata.csv", "valid": None}
+    cfg["datasets"]["radgenome"]["ctrate_metadata"]["valid"] = "/data/validation_metadata.csv"  # its own: fine
+    problems = config_problems(cfg, load_schema(REPO / "workflow/schemas/config.schema.yaml"))
+    assert problems == ["config: datasets.ctrg.ctrate_metadata is set (train) but only the radgenome layout reads "
+                        "CT-RATE metadata (layout 'ctrg')"]
+
+
 def test_bad_config_stops_the_workflow_naming_every_key(tmp_path):
     """An unknown key and an unknown default_dataset stop `snakemake` at the start with one line each, not a
     MissingInputException later."""
