@@ -115,7 +115,7 @@ def _timed_steps(step, batches, device) -> dict:
 def setup(args):
     import torch
 
-    from reg2rg.train import make_batch
+    from reg2rg.dataset import make_batch
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +129,7 @@ def setup(args):
 def run(args) -> dict:
     import torch
 
-    from reg2rg.train import model_inputs
+    from reg2rg.dataset import model_inputs
 
     device, tokenizer, config, items, batches = setup(args)
     dtype = torch.bfloat16 if (device.type == "cuda" and not args.tiny) else None
@@ -220,7 +220,8 @@ def zero2_worker(args) -> int:
     trained modules in fp32), prepared with reg2rg.train's Accelerator and DeepSpeed settings, timed steps."""
     import torch
 
-    from reg2rg.train import TrainingConfig, _fill_deepspeed_config, _make_accelerator, model_inputs
+    from reg2rg.dataset import model_inputs
+    from reg2rg.train import TrainingConfig, _fill_deepspeed_config, _make_accelerator
 
     device, tokenizer, config, items, batches = setup(args)
     training = TrainingConfig(per_device_batch_size=args.batch_size, effective_batch_size=args.batch_size,

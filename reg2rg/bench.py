@@ -254,7 +254,8 @@ def _loader_worker(conn, cache_dir, input_size, case_ids, threads):
     import torch
 
     from reg2rg.constants import REGIONS
-    from reg2rg.data import Reg2RGDataset, reference_inputs
+    from reg2rg.dataset import Reg2RGDataset
+    from reg2rg.transforms import reference_inputs
 
     torch.set_num_threads(threads)
     dataset = None
@@ -300,7 +301,7 @@ def _load_average() -> list[float] | None:
 
 def bench_loader(shape=LOADER_SCAN_SHAPE, input_size=(256, 256, 64), scans: int = 1, repeats: int = 3,
                  baseline_repeats: int | None = 1, threads: int = 1, workdir=None) -> dict:
-    """Samples per second of the authors' per-sample loading (reg2rg.data.reference_inputs: every file read as
+    """Samples per second of the authors' per-sample loading (reg2rg.transforms.reference_inputs: every file read as
     float64 with nibabel, ten masked crops, the global volume and the ten masks resized with area
     interpolation) against Reg2RGDataset reading the cache stage's files, on the same synthetic scans.
 
@@ -513,7 +514,7 @@ def bench_padding(batch_size: int = 3, steps: int = 4, threads: int | None = Non
     alternating step by step on the same batches."""
     import torch
 
-    from reg2rg.train import make_batch, model_inputs
+    from reg2rg.dataset import make_batch, model_inputs
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -560,8 +561,8 @@ def bench_frozen(batch_size: int = 3, steps: int = 4, paper_vit: bool = False, t
 
     import torch
 
-    from reg2rg.data import to_input_layout
-    from reg2rg.train import make_batch, model_inputs
+    from reg2rg.dataset import to_input_layout
+    from reg2rg.dataset import make_batch, model_inputs
 
     if threads:
         torch.set_num_threads(int(threads))

@@ -1,5 +1,6 @@
 """The `cache` stage: per-scan arrays written once, so that training never reads a .nii.gz or resamples a full
-volume again. Built for one model input size (x, y, z); reg2rg.data turns them into model inputs.
+volume again. Built for one model input size (x, y, z); reg2rg.transforms and reg2rg.dataset make them model
+inputs.
 
 Per scan, in the cache folder:
     {case_id}.safetensors   uncompressed safetensors, read with a memory map:
@@ -12,13 +13,13 @@ Per scan, in the cache folder:
                             when that halves it (the sidecar's `bits`)
         global              int16 (int32 for large windows) [Z, Y, X]: the exact HU sums over the area windows
                             of the body crop for the input size, clamped to [-1000, 200] x window volume
-                            (reg2rg.data.global_sums), or their zlib bytes (uint8) when that halves them; the
+                            (reg2rg.transforms.global_sums), or their zlib bytes (uint8) when that halves them; the
                             global input is these / volume, scaled. Absent for a scan whose body crop takes
                             fewer bytes (smaller than the model input): then `ct` holds the whole body crop
                             and the global input is resized from it when loading
         geometry.{i}        uint8: zlib of the exact mask voxel counts (uint8, or uint16 for windows over 255
                             voxels) over the area windows that REGIONS[i]'s box touches
-                            (reg2rg.data.geometry_counts); the geometry input is these / volume
+                            (reg2rg.transforms.geometry_counts); the geometry input is these / volume
     {case_id}.json          the sidecar below; written last, so a scan with a sidecar is complete.
 
 Sidecar (3-vectors in ITK order [x, y, z], as everywhere in docs/formats.md):
@@ -48,7 +49,7 @@ import numpy as np
 
 from reg2rg import __version__
 from reg2rg.constants import HU_MIN, REGIONS
-from reg2rg.data import (
+from reg2rg.transforms import (
     PAPER_INPUT_SIZE,
     Box,
     bbox,
@@ -181,7 +182,7 @@ def cache_scan(volume_path, mask_path, out_path, input_size=PAPER_INPUT_SIZE, in
     -1000 HU (all masks empty: the manifest excludes such scans).
 
     `intensity_mode` is the manifest's: `hu`, or `windowed` for 8-bit windowed volumes (CTRG), which are
-    put on the HU scale of the model window first (reg2rg.data.windowed_to_hu_scale), so that the rest of the
+    put on the HU scale of the model window first (reg2rg.transforms.windowed_to_hu_scale), so that the rest of the
     data path normalises them to x / 255 * 2 - 1 instead of clamping 8-bit values as HU."""
     from safetensors.numpy import save_file
 

@@ -49,10 +49,13 @@ OUTSIDE_HU = -1024
 # Region masks are stored as one uint16 label file per scan: bit i set <=> voxel in REGIONS[i].
 MASK_DTYPE = "uint16"
 
-# Voxel order of the model's input arrays [X, Y, Z] (model config `input_layout`; reg2rg.data.to_input_layout):
+# Voxel order of the model's input arrays [X, Y, Z] (model config `input_layout`; reg2rg.dataset.to_input_layout):
 # "lps" indices run to the patient's left, posterior and superior (the ingested volume's, the default); "ras"
 # to the right, anterior and superior (x and y reversed: what nibabel gives for a file stored RAS+).
 INPUT_LAYOUTS = ("lps", "ras")
+
+# The run record beside a trained model (reg2rg.train writes it, reg2rg.generate reads it).
+RUN_CONFIG_FILE = "run_config.json"
 
 
 def region_index(name: str) -> int:

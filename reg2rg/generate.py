@@ -1,6 +1,6 @@
 """Report generation: `reg2rg generate --model DIR --manifest FILE --out predictions.parquet`.
 
-Every included scan of the manifest is read from the cache stage's files (`reg2rg.data.Reg2RGDataset`, test
+Every included scan of the manifest is read from the cache stage's files (`reg2rg.dataset.Reg2RGDataset`, test
 mode: every region whose mask has a voxel in the body, with or without a text), prompted with its regions in
 REGIONS order (or a seeded random order per scan with `shuffle_regions`), and decoded in batches: prompts
 left-padded, the KV cache on. Decoding is exactly the settings given (`GenerationSettings`, greedy by
@@ -133,7 +133,7 @@ def _order_item(item: dict, settings: GenerationSettings, position: int) -> dict
     """The scan's regions in REGIONS order, or a random order from (seed, position in the manifest)."""
     import numpy as np
 
-    from reg2rg.train import permute_regions
+    from reg2rg.dataset import permute_regions
 
     order = sorted(range(len(item["regions"])), key=lambda k: int(item["regions"][k]))
     if settings.shuffle_regions:
@@ -159,14 +159,14 @@ def _as_list(batch):
 
 def generate_predictions(model, dataset, settings: GenerationSettings, *, device=None, meta: dict | None = None,
                          progress: bool = True):
-    """Generate a report for every item of `dataset` (reg2rg.data.Reg2RGDataset items): a pandas DataFrame with
+    """Generate a report for every item of `dataset` (reg2rg.dataset.Reg2RGDataset items): a pandas DataFrame with
     the columns of the module docstring."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
     from reg2rg.prompt import parse_rra
-    from reg2rg.train import make_batch, model_inputs
+    from reg2rg.dataset import make_batch, model_inputs
 
     tokenizer = model.tokenizer
     config = model.config
@@ -213,7 +213,7 @@ def generate_predictions(model, dataset, settings: GenerationSettings, *, device
 
 
 def _run_config(model_dir: Path) -> dict:
-    from reg2rg.train import RUN_CONFIG_FILE
+    from reg2rg.constants import RUN_CONFIG_FILE
 
     path = model_dir / RUN_CONFIG_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -225,7 +225,7 @@ def generate(model_dir, manifest, out, *, cache=None, settings: GenerationSettin
     `cache`, default: the `cache/` folder beside the manifest's folder) and write the predictions Parquet."""
     import torch
 
-    from reg2rg.data import Reg2RGDataset
+    from reg2rg.dataset import Reg2RGDataset
     from reg2rg.manifest import read_manifest
     from reg2rg.model import load_trained
 

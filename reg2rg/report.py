@@ -2,7 +2,7 @@
 
 The scan goes through the training path, in a temporary folder: reg2rg.ingest (DICOM folder, NIfTI, NRRD,
 MHA -> canonical int16 HU), reg2rg.masks.import_region_masks (masks placed on that grid in physical space),
-reg2rg.cache.cache_scan at the model's input size, reg2rg.data.Reg2RGDataset (test mode) and
+reg2rg.cache.cache_scan at the model's input size, reg2rg.dataset.Reg2RGDataset (test mode) and
 reg2rg.generate.generate_predictions with explicit decoding settings (greedy by default).
 
 Masks (`--masks`), either
@@ -223,7 +223,7 @@ def make_report(model_dir, ct, out, *, masks=None, segmenter: str | None = None,
     import torch
 
     from reg2rg.cache import cache_scan
-    from reg2rg.data import Reg2RGDataset
+    from reg2rg.dataset import Reg2RGDataset
     from reg2rg.generate import GenerationSettings, _run_config, generate_predictions
     from reg2rg.ingest import ingest
 

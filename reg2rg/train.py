@@ -4,7 +4,7 @@ One loop for every setting, through Accelerate: one CPU process (config/accelera
 per GPU with DeepSpeed ZeRO-2 (config/accelerate/zero2.yaml + config/deepspeed/zero2.json; ZeRO-2 also runs
 on the CPU, over gloo). See docs/training.md.
 
-Data. The training scans come from a map-style dataset whose items are `reg2rg.data.Reg2RGDataset` items
+Data. The training scans come from a map-style dataset whose items are `reg2rg.dataset.Reg2RGDataset` items
 (`global` [1, Z, Y, X], `texture`/`geometry` [R, 1, Z, Y, X], `regions`, `region_texts`, `case_id`); any
 dataset with those keys plugs in (`train(..., dataset=...)`). A scan with no usable region never reaches the
 loop (the dataset leaves it out, and `train` refuses an item without one), so the mask encoder is used by every
@@ -14,7 +14,8 @@ Order. The data stream is the epochs one after another: epoch e is the permutati
 (seed, e); it is cut into micro-batches of `per_device_batch_size` per process (the last one of an epoch filled
 from its start) and an optimizer step takes `gradient_accumulation` consecutive micro-batches. Micro-batch m
 draws its region order (the prompt's region numbering, so the RRA target) from (seed, m, process): a new
-order at every step, the same one when a run resumes. Batches are padded to their longest sample.
+order at every step, the same one when a run resumes. Batches are padded to their longest sample (the batching
+itself, `make_batch` and `TrainCollate`, is in reg2rg.dataset).
 
 Checkpoints. Every `checkpoint_every` steps (and at the end) `accelerator.save_state` writes
 `{work}/checkpoints/step_{N}` (trained weights only, optimizer, scheduler, RNG states, the step) via a
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from reg2rg.constants import REGIONS
+from reg2rg.constants import REGIONS, RUN_CONFIG_FILE
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.files import atomic_path
 from reg2rg.workflow_config import read_workflow_config
@@ -58,7 +59,6 @@ RUN_FILE = "run.json"
 PROGRESS_FILE = "progress.json"
 TRAINABLE_FILE = "trainable.safetensors"
 LOG_FILE = "train_log.jsonl"
-RUN_CONFIG_FILE = "run_config.json"
 RANKS_DIR = "ranks"
 SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -226,84 +226,8 @@ def needs_trained_tokenizer(preset: dict) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Batches (shared with reg2rg.generate)
+# The training stream (sampler, in-memory cache, frozen-ViT features)
 # --------------------------------------------------------------------------------------------------------------
-
-def permute_regions(item: dict, order: Sequence[int]) -> dict:
-    """A dataset item with its regions (and their inputs and texts) in `order` (positions into item["regions"])."""
-    import torch
-
-    order = [int(k) for k in order]
-    idx = torch.as_tensor(order, dtype=torch.long)
-    out = dict(item)
-    out["regions"] = [int(item["regions"][k]) for k in order]
-    out["region_texts"] = [item["region_texts"][k] for k in order]
-    for key in ("texture", "texture_vit", "geometry"):
-        if key in item and item[key] is not None:
-            out[key] = item[key].index_select(0, idx)
-    return out
-
-
-def shuffle_regions(item: dict, rng) -> dict:
-    """The item with its regions in a random order drawn from `rng` (a numpy Generator)."""
-    return permute_regions(item, rng.permutation(len(item["regions"])))
-
-
-def tokenize_items(items: list[dict], tokenizer, config, *, with_target: bool, padding_side: str) -> dict:
-    """Prompts (and RRA targets) for items whose regions are already in prompt order: input_ids,
-    attention_mask, labels padded to the longest sample, and the area names in prompt order."""
-    from reg2rg.prompt import build_example, pad_examples
-
-    examples = []
-    for it in items:
-        pairs = [(REGIONS[int(r)], t if t is not None else "") for r, t in zip(it["regions"], it["region_texts"])]
-        examples.append(build_example(tokenizer, pairs, config, None, with_target=with_target))
-    batch = pad_examples(examples, tokenizer.pad_token_id, padding_side=padding_side)
-    batch["areas"] = [e.areas for e in examples]
-    batch["target"] = [e.target for e in examples]
-    return batch
-
-
-def make_batch(items: list[dict], tokenizer, config, *, rng=None, with_target: bool = True,
-               padding_side: str = "right") -> dict:
-    """Items -> one model batch: regions shuffled with `rng` (None: kept in the items' order), prompts padded to
-    the longest sample, visual inputs concatenated region by region in prompt order, spatial axes [X, Y, Z] in
-    the voxel order of `config.input_layout`.
-
-    Keys: everything of `reg2rg.data.collate_visual` (global, texture, geometry, region_counts, regions, ...)
-    plus input_ids, attention_mask, labels, areas, target. `model_inputs` picks the model's arguments."""
-    from reg2rg.data import collate_visual
-
-    for it in items:
-        if not len(it["regions"]):
-            raise InputError(it.get("case_id", "?"), "a sample without regions reached the batch (the dataset must "
-                             "leave scans without a usable region out)")
-    if rng is not None:
-        items = [shuffle_regions(it, rng) for it in items]
-
-    def tokenize(its):
-        return tokenize_items(its, tokenizer, config, with_target=with_target, padding_side=padding_side)
-
-    return collate_visual(items, tokenize=tokenize, layout="xyz", input_layout=config.input_layout)
-
-
-def model_inputs(batch: dict, device, *, labels: bool = True, dtype=None) -> dict:
-    """The Reg2RGModel arguments of a `make_batch` batch, on `device`."""
-    vol = dict(device=device, dtype=dtype) if dtype is not None else dict(device=device)
-    out = {
-        "input_ids": batch["input_ids"].to(device),
-        "attention_mask": batch["attention_mask"].to(device),
-        "region_masks": batch["geometry"].to(**vol),
-        "region_counts": batch["region_counts"].to(device),
-    }
-    for key, arg in (("global", "global_volume"), ("texture", "region_crops"), ("global_vit", "global_vit"),
-                     ("texture_vit", "texture_vit")):
-        if batch.get(key) is not None:
-            out[arg] = batch[key].to(device) if key.endswith("_vit") else batch[key].to(**vol)
-    if labels:
-        out["labels"] = batch["labels"].to(device)
-    return out
-
 
 class StreamSampler:
     """Batch sampler over the epochs one after another, for one process: yields lists of (m, index) with m the
@@ -410,7 +334,7 @@ def cache_vit_features(visual, dataset, folder, *, input_layout: str, device="cp
     import torch
     from safetensors.torch import save_file
 
-    from reg2rg.data import to_input_layout
+    from reg2rg.dataset import to_input_layout
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -478,22 +402,6 @@ class _Keyed(object):
 
     def __len__(self):
         return len(self.dataset)
-
-
-class TrainCollate:
-    """collate_fn of the training DataLoader (picklable for workers): region order from (seed, m, rank)."""
-
-    def __init__(self, tokenizer, config, seed: int, rank: int):
-        self.tokenizer, self.config, self.seed, self.rank = tokenizer, config, seed, rank
-
-    def __call__(self, keyed: list[tuple[int, dict]]) -> dict:
-        import numpy as np
-
-        m = keyed[0][0]
-        rng = np.random.default_rng([self.seed, m, self.rank, 1])
-        batch = make_batch([it for _, it in keyed], self.tokenizer, self.config, rng=rng)
-        batch["micro_batch"] = m
-        return batch
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -814,7 +722,7 @@ def total_steps(training: TrainingConfig, n_samples: int, processes: int, accumu
 
 def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_dir, out_dir,
           run_info: dict | None = None, max_steps_this_run: int | None = None) -> Path | None:
-    """Train a Reg2RG model on `dataset` (items as reg2rg.data.Reg2RGDataset's) and write it to `out_dir`.
+    """Train a Reg2RG model on `dataset` (items as reg2rg.dataset.Reg2RGDataset's) and write it to `out_dir`.
 
     Resumes from the latest checkpoint in `work_dir` when one of the same run exists. `max_steps_this_run`
     stops the run after that many optimizer steps, as a killed run would (no checkpoint beyond the regular
@@ -826,6 +734,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from reg2rg.dataset import TrainCollate, model_inputs
     from reg2rg.model import build_model
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers tokenize
@@ -1100,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     require_gpus(args.require_gpus, args.preset or args.training)
-    from reg2rg.data import Reg2RGDataset
+    from reg2rg.dataset import Reg2RGDataset
     from reg2rg.manifest import read_manifest
     from reg2rg.model.config import config_from_preset
 

@@ -165,7 +165,7 @@ def test_geometry_only_items_match_the_full_items(tmp_path):
     import pandas as pd
 
     from reg2rg.cache import cache_scan
-    from reg2rg.data import Reg2RGDataset, collate_visual
+    from reg2rg.dataset import Reg2RGDataset, collate_visual
 
     files = bench.write_loader_scan(tmp_path, (48, 48, 24))
     cache_scan(files["volume"], files["label"], tmp_path / "cache" / "s.safetensors", (16, 16, 8))

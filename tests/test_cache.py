@@ -14,7 +14,7 @@ import torch
 
 from reg2rg.cache import cache_manifest, cache_scan, read_cache, sidecar_path
 from reg2rg.constants import OUTSIDE_HU, REGIONS
-from reg2rg.data import (
+from reg2rg.transforms import (
     bbox,
     body_box,
     global_input,
@@ -251,7 +251,7 @@ def test_cache_manifest_reports_every_scan(scans, tmp_path):
 def test_windowed_volumes_reach_the_model_as_x_over_255(tmp_path):
     """An 8-bit windowed volume (CTRG) is normalised as x / 255 * 2 - 1, not clamped as HU."""
     from reg2rg.ctrg import windowed_to_model_range
-    from reg2rg.data import normalize_hu, scan_inputs, windowed_to_hu_scale
+    from reg2rg.transforms import normalize_hu, scan_inputs, windowed_to_hu_scale
 
     levels = np.arange(256, dtype=np.int16)
     assert np.allclose(normalize_hu(windowed_to_hu_scale(levels)), windowed_to_model_range(levels), atol=1e-3)

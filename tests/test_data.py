@@ -12,25 +12,22 @@ import torch.nn.functional as F
 
 from reg2rg.cache import cache_scan
 from reg2rg.constants import OUTSIDE_HU, REGIONS
-from reg2rg.data import (
-    Reg2RGDataset,
+from reg2rg.dataset import Reg2RGDataset, collate_visual, pad_to_longest, to_input_layout
+from reg2rg.transforms import (
     bbox,
     body_box,
     box_start_size,
-    collate_visual,
     geometry_counts,
     geometry_from_counts,
     global_from_sums,
     global_input,
     global_sums,
     normalize_hu,
-    pad_to_longest,
     region_geometry_input,
     region_lfd_off_input,
     region_texture_input,
     resize_area,
     size_zyx,
-    to_input_layout,
 )
 
 from conftest import SHARED_DATA as DATA

@@ -177,7 +177,7 @@ def test_generate_command(trained, real_cache, tmp_path):
     beside the manifest (the cache stage's files, found from the manifest's path) and the trained model saved
     with save_pretrained; the table is what generate_predictions gives on Reg2RGDataset over the same files."""
     from reg2rg.cli import main
-    from reg2rg.data import Reg2RGDataset
+    from reg2rg.dataset import Reg2RGDataset
     from reg2rg.manifest import read_manifest
 
     model_dir, _ = trained
@@ -259,7 +259,7 @@ def test_demo_workflow_trains_and_generates(tmp_path):
 def _random_tiny_model_and_items(tmp_path, real_cache):
     """A randomly initialised tiny model (no training) saved with save_trained and loaded back as generate does,
     and the items of the real cache: sampling from it is near uniform, so two seeds give different texts."""
-    from reg2rg.data import Reg2RGDataset
+    from reg2rg.dataset import Reg2RGDataset
     from reg2rg.manifest import read_manifest
     from reg2rg.model import build_model, load_preset, load_tokenizer, save_trained, train_tiny_tokenizer
 

@@ -1,6 +1,6 @@
 """Training: settings, data order, batches, resuming, region tokens reaching the LLM, ZeRO-2 on two CPU processes.
 
-The scans here are synthetic model inputs in the layout of `reg2rg.data.Reg2RGDataset` items; each region has
+The scans here are synthetic model inputs in the layout of `reg2rg.dataset.Reg2RGDataset` items; each region has
 its own texture pattern and mask position, so a model can only name a region's area from its visual tokens.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError
 from reg2rg.model import load_preset, load_tokenizer, load_trained, train_tiny_tokenizer
 from reg2rg.prompt import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
+from reg2rg.dataset import make_batch
 from reg2rg.train import (
     StreamSampler,
     TrainingConfig,
     latest_checkpoint,
-    make_batch,
     train,
     training_texts,
 )
@@ -49,7 +49,7 @@ def small_config(**overrides):
 
 
 class SynthDataset(torch.utils.data.Dataset):
-    """Items like reg2rg.data.Reg2RGDataset's ([.., Z, Y, X], regions ascending). Region r has a fixed random
+    """Items like reg2rg.dataset.Reg2RGDataset's ([.., Z, Y, X], regions ascending). Region r has a fixed random
     texture (plus per-scan noise) and a box mask at its own place; the global input is the same for every scan."""
 
     def __init__(self, n, input_size, seed=0, min_regions=2, max_regions=3, text=TEXT):
@@ -186,7 +186,7 @@ def test_batch_regions_follow_the_prompt_order(tok):
 
 
 def test_input_layout_reaches_the_batch_the_run_and_the_feature_cache(tok, tmp_path):
-    from reg2rg.data import to_input_layout
+    from reg2rg.dataset import to_input_layout
     from reg2rg.model import build_model
     from reg2rg.train import _fingerprint, cache_vit_features
 

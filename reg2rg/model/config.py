@@ -2,7 +2,7 @@
 
 Axis order: every 3-vector here (input size, patch sizes, position grids) is written (x, y, z), the
 order of `docs/formats.md`. Model tensors are laid out [N, C, X, Y, Z] to match: a SimpleITK array
-`[z, y, x]` becomes model input with `reg2rg.data.to_input_layout(array, config.input_layout)`, a transpose
+`[z, y, x]` becomes model input with `reg2rg.dataset.to_input_layout(array, config.input_layout)`, a transpose
 (2, 1, 0), plus a reversal of x and y for `input_layout: ras`. Slices last is also the layout RadFM's ViT was
 trained on (nibabel arrays), so its patch (32, 32, 4) keeps 4 slices per patch; which in-plane voxel order
 the authors' RadGenome files had (LPS or RAS) is open: docs/formats.md, "What the encoder sees".
@@ -127,7 +127,7 @@ class Reg2RGConfig:
 
     input_size: tuple[int, int, int] = (256, 256, 64)  # (x, y, z) of the global volume, crops and masks
     # Voxel order of every visual input (global, texture, geometry) on the model's axes [X, Y, Z]
-    # (reg2rg.data.to_input_layout): "lps", the ingested volume's (X from the patient's right to left, Y anterior
+    # (reg2rg.dataset.to_input_layout): "lps", the ingested volume's (X from the patient's right to left, Y anterior
     # to posterior, Z inferior to superior); "ras", X and Y reversed (X left to right, Y posterior to anterior),
     # what nibabel gives for a RAS+ file. A pretrained ViT sees a flipped volume as another one.
     input_layout: str = "lps"

@@ -1,5 +1,5 @@
 """The geometry branch: a light 3D ViT on a region's mask in the global input's frame (the body crop; area-resized,
-values in [0, 1]: reg2rg.data.region_geometry_input), mean-pooled to one vector.
+values in [0, 1]: reg2rg.transforms.region_geometry_input), mean-pooled to one vector.
 
 The linear layer to the LLM width lives in `Reg2RGModel.mask_proj`, beside the image branch's projection.
 """

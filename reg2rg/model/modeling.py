@@ -10,7 +10,7 @@ Inputs (all volumes [N, C, X, Y, Z], float, normalised by the data side: HU clam
   sample's regions in its prompt order (`example.order`); R = sum of per-sample region counts (omit when
   use_texture is off). With use_lfd off these are the uncropped masked volumes instead of the bbox crops.
 - region_masks [R, 1, X, Y, Z]: the region masks in the global input's frame (the body crop, not cropped to
-  the region), area-resized to values in [0, 1] (reg2rg.data.region_geometry_input), same order (omit when
+  the region), area-resized to values in [0, 1] (reg2rg.transforms.region_geometry_input), same order (omit when
   use_geometry is off).
 Visual features are written into the LLM's input embeddings at the placeholder positions, in row-major order:
 the k-th `<texture_token>` run of the batch receives region k's tokens. No widened vocabulary: special-token
