@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reg2rg.files import read_json
+from reg2rg.files import read_json, relative_source
 from reg2rg.errors import ConfigError, InputError, check_unique_ids
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def detect_intensity_mode(images, sample: int = INTENSITY_SAMPLE, root=None) -> 
         except InputError:
             raise
         except Exception as err:  # unreadable files are ingest's to report
-            shown = found[i].relative_to(root).as_posix() if root and found[i].is_relative_to(root) else found[i].name
+            shown = relative_source(found[i], root) or found[i].name
             log.warning("%s: cannot sample intensities (%s); not used for the intensity mode", shown,
                         str(err).replace(str(found[i]), shown))
             continue

@@ -50,18 +50,15 @@ def source_path(source_root, path) -> Path | None:
 
 
 def relative_to_root(root, path, what: str = "file") -> str:
-    """`path` (under `root`) as the POSIX path relative to it that the inventory stores; InputError when it
-    lies outside the root (the tables would need its absolute path)."""
-    root, path = Path(root), Path(path)
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        pass
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
+    """`path` (under `root`) as the POSIX path relative to it that the inventory stores (reg2rg.files.
+    relative_source); InputError when it lies outside the root (the tables would need its absolute path)."""
+    from reg2rg.files import relative_source
+
+    rel = relative_source(path, root)
+    if rel is None:
         raise InputError(root, f"a {what} lies outside the data set root; the tables name files relative to "
-                               "the root (no absolute path): move it under the root") from None
+                               "the root (no absolute path): move it under the root")
+    return rel
 
 
 def radgenome_inventory(root, split: dict | None = None):

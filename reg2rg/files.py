@@ -36,6 +36,24 @@ def read_json(path: str | Path, what: str = "file", hint: str = ""):
         raise InputError(path, f"not valid JSON: {err}") from None
 
 
+def relative_source(path, source_root) -> str | None:
+    """`path` relative to the data set root (POSIX separators): as written (".." folded) when it is written
+    under the root, else after resolving links; None without a root or outside it. What the tables, sidecars and logs may say
+    of where a file came from (an absolute path, or a folder named after the patient above the root, can carry
+    a patient identifier)."""
+    import os
+
+    if source_root is None:
+        return None
+    path, root = Path(os.path.normpath(path)), Path(os.path.normpath(source_root))
+    for p, r in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            return p.relative_to(r).as_posix()
+        except ValueError:
+            pass
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str = ""):
     """The one atomic write: yields a temporary path beside `path` to write the file to (any writer: text,

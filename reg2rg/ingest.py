@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 from reg2rg.constants import OUTSIDE_HU
-from reg2rg.files import atomic_path, check_nifti_complete, refuse_overwrite, sha256_files as _sha256_files, write_json_atomic
+from reg2rg.files import (atomic_path, check_nifti_complete, refuse_overwrite, relative_source,
+                          sha256_files as _sha256_files, write_json_atomic)
 from reg2rg.errors import InputError
 from reg2rg.geometry import grid_record, itk_message, outside_value, sitk_interpolator
 
@@ -192,7 +193,7 @@ def stored_input_layout(path) -> str | None:
         with _itk_warnings_off():
             reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(path, f"cannot read the image header: {_itk_message(err)}") from None
+        raise InputError(path, f"cannot read the image header: {itk_message(err)}") from None
     n = reader.GetDimension()
     d = np.asarray(reader.GetDirection(), dtype=float).reshape(n, n)[:3, :3]
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(d.ravel()))
@@ -297,18 +298,6 @@ class _Source:
 
     def sha256(self) -> str:
         return _sha256_files(sorted(self.files, key=lambda p: p.name))
-
-
-def relative_source(path, source_root) -> str | None:
-    """`path` relative to the data set root (POSIX separators), or None without a root or outside it: what
-    the sidecar and the logs may say of where a scan came from (an absolute path, or a folder named after the
-    patient above the root, can carry a patient identifier)."""
-    if source_root is None:
-        return None
-    try:
-        return Path(path).resolve().relative_to(Path(source_root).resolve()).as_posix()
-    except ValueError:
-        return None
 
 
 def _locate(input_path, series_uid=None, resample_gaps=False, source_root=None) -> _Source:

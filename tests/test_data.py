@@ -419,3 +419,15 @@ def test_stored_input_layout_gives_the_encoder_the_files_stored_order(tmp_path, 
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))  # [z, y, x], LPS
     matches = [lay for lay in ("lps", "ras") if np.array_equal(to_input_layout(ours, lay), stored)]
     assert matches == ([layout] if layout else [])
+
+
+def test_stored_input_layout_of_an_unreadable_file_names_it(tmp_path):
+    """A file whose header cannot be read is an InputError naming it, with ITK's words (no address)."""
+    from reg2rg.errors import InputError
+    from reg2rg.ingest import stored_input_layout
+
+    bad = tmp_path / "valid_1_a_1.nrrd"
+    bad.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\nxx")
+    with pytest.raises(InputError, match="cannot read the image header: ReadImageInformation") as err:
+        stored_input_layout(bad)
+    assert str(bad) in str(err.value) and "0x" not in str(err.value)

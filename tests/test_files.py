@@ -52,3 +52,20 @@ def test_a_writer_failing_half_way_keeps_the_old_file(tmp_path):
     with atomic_path(path, suffix=".nii.gz") as tmp:
         tmp.write_bytes(b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["scan.nii.gz"]
+
+
+def test_relative_source_names_a_file_by_its_path_under_the_root(tmp_path):
+    """One rule for the tables, the sidecars and the logs: the path as written under the root, else after
+    resolving links, else nothing (never an absolute path)."""
+    from reg2rg.files import relative_source
+
+    root, outside = tmp_path / "Doe^John" / "data", tmp_path / "elsewhere"
+    (root / "vol").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "c2.nii.gz").write_bytes(b"x")
+    (root / "vol" / "c2.nii.gz").symlink_to(outside / "c2.nii.gz")  # a link out of the root
+    assert relative_source(root / "vol" / "c1.nii.gz", root) == "vol/c1.nii.gz"
+    assert relative_source(root / "vol" / "c2.nii.gz", root) == "vol/c2.nii.gz"  # as written, not its target
+    assert relative_source(root / "vol" / ".." / "vol" / "c1.nii.gz", root) == "vol/c1.nii.gz"  # ".." folded
+    assert relative_source(outside / "c2.nii.gz", root) is None
+    assert relative_source(root / "vol" / "c1.nii.gz", None) is None

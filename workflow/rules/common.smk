@@ -63,17 +63,10 @@ def dataset_root(dataset):
 
 
 def ctrate_metadata(dataset):
-    """datasets.<name>.ctrate_metadata (radgenome layout: source split -> CT-RATE v1 metadata CSV), for the
-    ingest stage; the inventory does not name these files (they may lie outside the root)."""
-    if DATASETS[dataset].get("layout") != "radgenome":
-        return None
+    """datasets.<name>.ctrate_metadata (source split -> CT-RATE v1 metadata CSV; the config check refuses it
+    outside the radgenome layout), for the ingest stage; the inventory does not name these files (they may lie
+    outside the root)."""
     return {k: v for k, v in (DATASETS[dataset].get("ctrate_metadata") or {}).items() if v} or None
-
-
-def ingest_option(dataset, key, default):
-    """datasets.<name>.ingest.<key>: fill_nonfinite (HU or None) or accept_implausible_hu."""
-    value = (DATASETS[dataset].get("ingest") or {}).get(key)
-    return default if value is None else value
 
 
 def raw_input(wildcards):

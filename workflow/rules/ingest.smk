@@ -32,8 +32,9 @@ rule ingest_shard:
         spacing=lambda wc: dataset_config(wc.dataset)["spacing"],
         already_hu=lambda wc: dataset_config(wc.dataset).get("already_hu", True),
         metadata=lambda wc: ctrate_metadata(wc.dataset),
-        fill_nonfinite=lambda wc: ingest_option(wc.dataset, "fill_nonfinite", None),
-        accept_implausible_hu=lambda wc: ingest_option(wc.dataset, "accept_implausible_hu", False),
+        # datasets.<name>.ingest, its defaults (refuse) filled in by the schema
+        fill_nonfinite=lambda wc: DATASETS[wc.dataset]["ingest"]["fill_nonfinite"],
+        accept_implausible_hu=lambda wc: DATASETS[wc.dataset]["ingest"]["accept_implausible_hu"],
     threads: config.get("threads", {}).get("ingest", 2)
     resources:
         mem_mb=4000,
