@@ -252,6 +252,15 @@ class Reg2RGModel(nn.Module):
         sums = torch.einsum("blk,blh->bkh", onehot, embeds)
         return sums / onehot.sum(1).clamp(min=1).unsqueeze(-1)
 
+    @torch.no_grad()
+    def region_means(self, input_ids: torch.Tensor, global_volume: torch.Tensor | None = None,
+                     region_crops: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
+                     region_counts=None) -> torch.Tensor:
+        """[B, K, hidden]: what the decoder reads of each region at "The region k is" (the mean of region k's
+        texture and geometry tokens, in prompt order; benchmarks/finding_probe.py probes it)."""
+        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
+        return self._region_means(embeds, self.token_slot[input_ids])
+
     def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """[R, L, hidden]: table[b, k] at every "The region k is" token of row r (b = r // (R / B): generate
         repeats each prompt's rows for beams), zero elsewhere."""
