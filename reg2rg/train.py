@@ -458,7 +458,9 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
 # Accelerate and DeepSpeed
 # --------------------------------------------------------------------------------------------------------------
 
-def _make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
+def make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
+    """The run's Accelerator: mixed precision, gradient accumulation (stepped by the loop), TensorBoard under
+    `work`; under DeepSpeed on the CPU, the process group on DeepSpeed's CPU backend."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
@@ -481,7 +483,7 @@ def _make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
     )
 
 
-def _fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: int) -> None:
+def fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: int) -> None:
     """The batch and clipping values of the DeepSpeed config come from the training settings ("auto" in
     config/deepspeed/zero2.json); explicit values there must agree with them."""
     plugin = accelerator.state.deepspeed_plugin
@@ -541,7 +543,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
         model_config = model_config.replace(gradient_checkpointing=bool(training.gradient_checkpointing))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = training.gradient_accumulation(processes)
-    accelerator = _make_accelerator(training, work, accumulation)
+    accelerator = make_accelerator(training, work, accumulation)
     if accelerator.num_processes != processes:
         raise ConfigError(f"WORLD_SIZE says {processes} processes, Accelerate runs {accelerator.num_processes}")
     rank, is_main = accelerator.process_index, accelerator.is_main_process
@@ -563,7 +565,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                                   eps=training.adam_eps, weight_decay=training.weight_decay)
     scheduler = get_scheduler(training.lr_scheduler, optimizer, num_warmup_steps=training.warmup_steps,
                               num_training_steps=steps)
-    _fill_deepspeed_config(accelerator, training, accumulation)
+    fill_deepspeed_config(accelerator, training, accumulation)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     if not uses_deepspeed():
