@@ -221,19 +221,19 @@ def zero2_worker(args) -> int:
     import torch
 
     from reg2rg.dataset import model_inputs
-    from reg2rg.train import TrainingConfig, _fill_deepspeed_config, _make_accelerator
+    from reg2rg.train import TrainingConfig, fill_deepspeed_config, make_accelerator
 
     device, tokenizer, config, items, batches = setup(args)
     training = TrainingConfig(per_device_batch_size=args.batch_size, effective_batch_size=args.batch_size,
                               mixed_precision="no" if args.tiny else "bf16", gradient_checkpointing=True,
                               learning_rate=5e-5, num_workers=0)
     with tempfile.TemporaryDirectory() as work:
-        accelerator = _make_accelerator(training, Path(work), 1)
+        accelerator = make_accelerator(training, Path(work), 1)
         torch.manual_seed(0)
         model = build_on(accelerator.device, None, config.replace(gradient_checkpointing=True), tokenizer)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
-        _fill_deepspeed_config(accelerator, training, 1)
+        fill_deepspeed_config(accelerator, training, 1)
         model, opt = accelerator.prepare(model, opt)
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()

@@ -170,6 +170,15 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         }
 
 
+def case_ids(dataset) -> list[str]:
+    """The case ids of a dataset's items in order: from its `samples` when they name them (Reg2RGDataset's),
+    else from the items themselves."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and all(isinstance(s, dict) and "case_id" in s for s in samples):
+        return [s["case_id"] for s in samples]
+    return [str(dataset[i]["case_id"]) for i in range(len(dataset))]
+
+
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat along dim 0; inside a DataLoader worker straight into shared memory, as torch's default
     collate does, so the batch is not copied once more on its way to the main process. A batch of one item

@@ -934,7 +934,7 @@ def ingest_case(source_root=None, **kwargs) -> dict:
 def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, already_hu=False,
                      metadata: dict | None = None, fill_nonfinite=None, accept_implausible_hu: bool = False,
                      threads: int = 1):
-    """Ingest every scan of an inventory (datasets.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
+    """Ingest every scan of an inventory (reg2rg.layouts.common.INVENTORY_COLUMNS) into `{out_dir}/{case_id}.nii.gz`.
 
     Returns `case_id, status, reason` for every scan: a scan that cannot be read, or is refused (non-finite
     voxels, a single slice, air not plausible in HU, two equally long CT series), is recorded with the
@@ -945,7 +945,7 @@ def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, a
     taken as already in HU. `fill_nonfinite`, `accept_implausible_hu`: as for ingest() (the config's
     `datasets.<name>.ingest`), for every scan."""
     from reg2rg.batch import run_per_case
-    from reg2rg.datasets import source_path
+    from reg2rg.layouts.common import source_path
 
     out_dir = Path(out_dir)
     jobs = []

@@ -430,7 +430,7 @@ def import_case_masks(volume_path: str | Path, mask_dir: str | Path | None, out_
     relative to `source_root` when given) onto `volume_path`. Raises InputError when the scan has no mask
     folder at all (nothing to import), naming it as the inventory does; missing or bad files inside it are
     recorded in the sidecar as usual."""
-    from reg2rg.datasets import source_path
+    from reg2rg.layouts.common import source_path
 
     if mask_dir is None or str(mask_dir) == "":
         raise InputError(volume_path, "the data set gives no mask folder for this scan")
@@ -444,13 +444,13 @@ def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: 
                     threads: int = 1):
     """Import the region masks of every scan of the inventory that was ingested.
 
-    inventory: DataFrame with `case_id, mask_dir` (datasets.INVENTORY_COLUMNS; `mask_dir` relative to
+    inventory: DataFrame with `case_id, mask_dir` (reg2rg.layouts.common.INVENTORY_COLUMNS; `mask_dir` relative to
     `source_root`, the data set root); volume_status: the ingest
     stage's `case_id, status, reason`. Writes `{out_dir}/{case_id}.nii.gz` and `.json` per scan and returns
     `case_id, status, reason` for every inventory scan: `ok` (see the sidecar for each region), `error`
     (no mask folder, unreadable volume, ...) or `skipped` (not ingested)."""
     from reg2rg.batch import run_per_case
-    from reg2rg.datasets import source_path
+    from reg2rg.layouts.common import source_path
 
     volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def inventory_reports(inventory, source_root) -> pd.DataFrame:
     `source_root`, the data set root; RadGenome format), one table. Rows of scans that are not in the
     inventory are kept (the manifest reports them as orphans); a scan found in two CSVs keeps its first row
     and gets a problem naming the other file (by its path under the root)."""
-    from reg2rg.datasets import source_path
+    from reg2rg.layouts.common import source_path
 
     paths = sorted({str(p) for p in inventory["report_csv"].tolist() if p is not None and not pd.isna(p)})
     frames = []

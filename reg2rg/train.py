@@ -22,13 +22,15 @@ Checkpoints. Every `checkpoint_every` steps (and at the end) `accelerator.save_s
 `.partial` folder renamed when complete; a restarted run loads the latest one and continues with the same
 data order, region orders and random state: on the CPU it ends with the same weights as a run that was never
 stopped. `{work}/run.json` holds a fingerprint of the run's settings and data; checkpoints of other settings
-are removed rather than resumed.
+are removed rather than resumed. Writing and reading them is reg2rg.checkpoints; the frozen-ViT feature cache
+(`cache_vit_features`) is reg2rg.vit_features.
 
 Output (main process, at the end only): `reg2rg.model.save_trained` (adapter/, modules.safetensors,
 tokenizer/, reg2rg_config.json, llm_base/ for a randomly initialised decoder) plus `run_config.json` (model,
 training, data set, processes, versions, git commit) and `train_log.jsonl` (step, epoch, loss, lr,
 samples_per_s); written to `{out}.partial` and renamed, so the folder exists only when complete.
-TensorBoard logs go to `{work}/tensorboard/`.
+TensorBoard logs go to `{work}/tensorboard/`; every process of a completed run writes
+`{work}/ranks/rank_{r}.json` (reg2rg.rank_report).
 """
 from __future__ import annotations
 
@@ -47,19 +49,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from reg2rg.checkpoints import (
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    register_checkpoint_hooks,
+    save_checkpoint,
+    uses_deepspeed,
+)
 from reg2rg.constants import REGIONS, RUN_CONFIG_FILE
 from reg2rg.errors import ConfigError, InputError
-from reg2rg.files import atomic_path
+from reg2rg.rank_report import RANKS_DIR, write_rank_report
+from reg2rg.vit_features import VIT_FEATURES_DIR, VitFeatureDataset, cache_vit_features
 from reg2rg.workflow_config import read_workflow_config
 
 log = logging.getLogger("reg2rg.train")  # the same name under `python -m`
 
-CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
-PROGRESS_FILE = "progress.json"
-TRAINABLE_FILE = "trainable.safetensors"
 LOG_FILE = "train_log.jsonl"
-RANKS_DIR = "ranks"
 SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_PAIRINGS = ("own", "shuffled")
@@ -226,7 +233,7 @@ def needs_trained_tokenizer(preset: dict) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The training stream (sampler, in-memory cache, frozen-ViT features)
+# The training stream (sampler, in-memory cache; the frozen-ViT features are reg2rg.vit_features)
 # --------------------------------------------------------------------------------------------------------------
 
 class StreamSampler:
@@ -298,98 +305,6 @@ class MemoryCache:
         return item
 
 
-VIT_FEATURES_DIR = "vit_features"
-
-
-def vit_digest(visual) -> str:
-    """sha256 of the ViT's weights: cached features belong to exactly these."""
-    h = hashlib.sha256()
-    for name, t in sorted(visual.vit.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _features_ok(path: Path, digest: str, input_layout: str) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            return meta.get("vit_sha256") == digest and meta.get("input_layout") == input_layout
-    except Exception:  # missing or unreadable: compute again
-        return False
-
-
-def cache_vit_features(visual, dataset, folder, *, input_layout: str, device="cpu", rank: int = 0,
-                       processes: int = 1, autocast=None) -> int:
-    """Write the frozen ViT's outputs of every scan of `dataset` (this process: scans rank, rank + processes,
-    ...) to `folder/{case_id}.safetensors`: "global" [T, dim] and "texture" [R, T, dim] (fp16, the item's
-    regions in its order, listed in the metadata with the ViT's digest and the `input_layout` the volumes were
-    given in, the model config's). Files of the same ViT and input layout are kept; others are computed again.
-    `autocast`: a callable returning the context to run the ViT in (accelerator.autocast).
-    Returns the number of scans computed."""
-    import contextlib
-
-    import torch
-    from safetensors.torch import save_file
-
-    from reg2rg.dataset import to_input_layout
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = vit_digest(visual)
-    ids = _case_ids(dataset)
-    dtype = visual.proj.weight.dtype
-    done = 0
-    for i in range(rank, len(dataset), processes):
-        path = folder / f"{ids[i]}.safetensors"
-        if _features_ok(path, digest, input_layout):
-            continue
-        item = dataset[i]
-        vol = to_input_layout(torch.cat([item["global"][None], item["texture"]]), input_layout)  # [N, 1, X, Y, Z]
-        with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
-            feats = visual.vit_features(vol.to(device=device, dtype=dtype)).to("cpu", torch.float16)
-        with atomic_path(path) as tmp:
-            save_file({"global": feats[0].contiguous(), "texture": feats[1:].contiguous()}, str(tmp),
-                      metadata={"vit_sha256": digest, "input_layout": input_layout,
-                                "regions": json.dumps([int(r) for r in item["regions"]])})
-        done += 1
-    return done
-
-
-class VitFeatureDataset:
-    """Dataset wrapper for training on cached ViT features (`cache_vit_features`): items hold "global_vit"
-    [T, dim] and "texture_vit" [R, T, dim] (fp16, rows in the item's region order) instead of "global" and
-    "texture"; a Reg2RGDataset underneath makes only the geometry inputs (images=False)."""
-
-    def __init__(self, dataset, folder):
-        import copy
-
-        self.folder, self.ids = Path(folder), _case_ids(dataset)
-        if hasattr(dataset, "images"):
-            dataset = copy.copy(dataset)
-            dataset.images = False
-        self.dataset = dataset
-        self.samples = getattr(dataset, "samples", None)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        from safetensors import safe_open
-
-        item = {k: v for k, v in self.dataset[i].items() if k not in ("global", "texture")}
-        path = self.folder / f"{self.ids[i]}.safetensors"
-        with safe_open(str(path), framework="pt") as f:
-            stored = json.loads(f.metadata()["regions"])
-            texture = f.get_tensor("texture")
-            item["global_vit"] = f.get_tensor("global")
-        pos = [stored.index(int(r)) for r in item["regions"]]
-        item["texture_vit"] = texture if pos == list(range(len(stored))) else texture[pos]
-        return item
-
-
 class _Keyed(object):
     """Dataset wrapper: item (m, i) -> (m, dataset[i])."""
 
@@ -435,22 +350,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def checkpoint_steps(work_dir) -> list[tuple[int, Path]]:
-    """Complete checkpoints under {work}/checkpoints, oldest first."""
-    folder = Path(work_dir) / CHECKPOINTS_DIR
-    out = []
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit() and (p / PROGRESS_FILE).is_file():
-                out.append((int(p.name[5:]), p))
-    return sorted(out)
-
-
-def latest_checkpoint(work_dir) -> Path | None:
-    steps = checkpoint_steps(work_dir)
-    return steps[-1][1] if steps else None
 
 
 SHM_PATH = "/dev/shm"
@@ -516,13 +415,6 @@ def _fingerprint(model_config, training: TrainingConfig, case_ids: list[str], to
     })
 
 
-def _case_ids(dataset) -> list[str]:
-    samples = getattr(dataset, "samples", None)
-    if samples is not None and all(isinstance(s, dict) and "case_id" in s for s in samples):
-        return [s["case_id"] for s in samples]
-    return [str(dataset[i]["case_id"]) for i in range(len(dataset))]
-
-
 def _prepare_work_dir(work: Path, fingerprint: str, is_main: bool) -> None:
     """Keep checkpoints of this run; remove those of a run with other settings or data."""
     run_file = work / RUN_FILE
@@ -566,17 +458,15 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
 # Accelerate and DeepSpeed
 # --------------------------------------------------------------------------------------------------------------
 
-def _uses_deepspeed() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
-def _make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
+def make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
+    """The run's Accelerator: mixed precision, gradient accumulation (stepped by the loop), TensorBoard under
+    `work`; under DeepSpeed on the CPU, the process group on DeepSpeed's CPU backend."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
 
     handlers = []
-    if _uses_deepspeed() and not torch.cuda.is_available():
+    if uses_deepspeed() and not torch.cuda.is_available():
         # DeepSpeed on the CPU: without a backend Accelerate would see a 1-process run (it only knows the GPU
         # backends); DeepSpeed's CPU accelerator names its own (gloo, or ccl with oneCCL installed).
         from deepspeed.accelerator import get_accelerator
@@ -593,7 +483,7 @@ def _make_accelerator(training: TrainingConfig, work: Path, accumulation: int):
     )
 
 
-def _fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: int) -> None:
+def fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: int) -> None:
     """The batch and clipping values of the DeepSpeed config come from the training settings ("auto" in
     config/deepspeed/zero2.json); explicit values there must agree with them."""
     plugin = accelerator.state.deepspeed_plugin
@@ -617,96 +507,6 @@ def _fill_deepspeed_config(accelerator, training: TrainingConfig, accumulation: 
         if (ds.get("zero_optimization") or {}).get(key) == "auto":
             raise ConfigError(f"DeepSpeed config: zero_optimization.{key} is \"auto\", which Accelerate derives from "
                               "model.config.hidden_size; Reg2RG's config has none: give a number")
-
-
-def _trainable_names(model) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _register_checkpoint_hooks(accelerator, unwrapped) -> None:
-    """Without DeepSpeed, checkpoints hold the trained weights only (never the frozen 7B decoder)."""
-    from safetensors.torch import load_file, save_file
-
-    names = _trainable_names(unwrapped)
-
-    def save_hook(models, weights, output_dir):
-        if weights:
-            state = unwrapped.state_dict()
-            save_file({k: state[k].detach().cpu().contiguous() for k in sorted(names)},
-                      str(Path(output_dir) / TRAINABLE_FILE))
-            weights.clear()
-
-    def load_hook(models, input_dir):
-        if models:
-            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-            if set(state) != names:
-                raise InputError(input_dir, "checkpoint weights do not match the model's trained parameters")
-            unwrapped.load_state_dict(state, strict=False)
-            models.clear()
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator, work: Path, step: int, progress: dict, keep: int) -> None:
-    folder = work / CHECKPOINTS_DIR
-    final = folder / f"step_{step}"
-    partial = folder / f"step_{step}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    kwargs = {"exclude_frozen_parameters": True} if _uses_deepspeed() else {}
-    accelerator.save_state(str(partial), **kwargs)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / PROGRESS_FILE).write_text(json.dumps(progress, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        for _, old in checkpoint_steps(work)[:-max(1, keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("checkpoint %s", final)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(accelerator, path: Path) -> dict:
-    kwargs = {"load_module_strict": False} if _uses_deepspeed() else {}
-    accelerator.load_state(str(path), **kwargs)
-    return json.loads((path / PROGRESS_FILE).read_text())
-
-
-def _weights_digest(model) -> str:
-    """sha256 over the trained parameters (name, dtype, bytes): equal on every rank when the replicas agree."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            t = p.detach().float().cpu().contiguous()
-            h.update(name.encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def _write_rank_report(accelerator, work: Path, model) -> dict:
-    """{work}/ranks/rank_{r}.json: this process's view of the group, an all_reduce over it, and a digest of its
-    trained weights, so that a run can show its processes formed one group and ended with the same weights."""
-    import torch
-
-    value = torch.tensor([float(accelerator.process_index + 1)], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(value)
-        backend = dist.get_backend()
-    else:
-        backend = None
-    report = {"rank": accelerator.process_index, "local_rank": accelerator.local_process_index,
-              "world_size": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
-              "backend": backend, "all_reduce_sum_of_rank_plus_1": float(value.item()),
-              "weights_sha256": _weights_digest(model), "device": str(accelerator.device)}
-    folder = work / RANKS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank_{accelerator.process_index}.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -734,7 +534,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from reg2rg.dataset import TrainCollate, model_inputs
+    from reg2rg.dataset import TrainCollate, case_ids, model_inputs
     from reg2rg.model import build_model
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers tokenize
@@ -743,7 +543,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
         model_config = model_config.replace(gradient_checkpointing=bool(training.gradient_checkpointing))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = training.gradient_accumulation(processes)
-    accelerator = _make_accelerator(training, work, accumulation)
+    accelerator = make_accelerator(training, work, accumulation)
     if accelerator.num_processes != processes:
         raise ConfigError(f"WORLD_SIZE says {processes} processes, Accelerate runs {accelerator.num_processes}")
     rank, is_main = accelerator.process_index, accelerator.is_main_process
@@ -753,7 +553,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     steps = total_steps(training, n, processes, accumulation)
     # Before the model is built (minutes for the 7B): the loaders' shared memory, for this node's processes.
     check_shared_memory(model_config, training, int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
-    fingerprint = _fingerprint(model_config, training, _case_ids(dataset), tokenizer, processes)
+    fingerprint = _fingerprint(model_config, training, case_ids(dataset), tokenizer, processes)
     _prepare_work_dir(work, fingerprint, is_main)
     accelerator.wait_for_everyone()
 
@@ -765,11 +565,11 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                                   eps=training.adam_eps, weight_decay=training.weight_decay)
     scheduler = get_scheduler(training.lr_scheduler, optimizer, num_warmup_steps=training.warmup_steps,
                               num_training_steps=steps)
-    _fill_deepspeed_config(accelerator, training, accumulation)
+    fill_deepspeed_config(accelerator, training, accumulation)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    if not _uses_deepspeed():
-        _register_checkpoint_hooks(accelerator, unwrapped)
+    if not uses_deepspeed():
+        register_checkpoint_hooks(accelerator, unwrapped)
     n_trained = sum(p.numel() for p in params)
     log.info("process %d of %d (%s, %s): %d scans, %d steps of %d samples (%d per device x %d accumulation x %d "
              "processes), %d trained parameters", rank, processes, accelerator.distributed_type, accelerator.device,
@@ -779,7 +579,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     start_step = 0
     ckpt = latest_checkpoint(work)
     if ckpt is not None:
-        progress = _load_checkpoint(accelerator, ckpt)
+        progress = load_checkpoint(accelerator, ckpt)
         start_step = int(progress["step"])
         log.info("resumed from %s (step %d of %d)", ckpt, start_step, steps)
     log_path = work / LOG_FILE
@@ -826,7 +626,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
             with accelerator.accumulate(model):
                 loss = model(**model_inputs(batch, accelerator.device)).loss
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and training.max_grad_norm and not _uses_deepspeed():
+                if accelerator.sync_gradients and training.max_grad_norm and not uses_deepspeed():
                     accelerator.clip_grad_norm_(params, training.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -855,7 +655,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                     log.info("step %d/%d loss %.4f lr %.3g %.2f samples/s", step, steps, mean_loss, lr, rate)
                 t_log, steps_since_log = time.perf_counter(), 0
             if step % training.checkpoint_every == 0 or step == steps:
-                _save_checkpoint(accelerator, work, step, {"step": step, "micro_batches": step * accumulation,
+                save_checkpoint(accelerator, work, step, {"step": step, "micro_batches": step * accumulation,
                                                            "fingerprint": fingerprint}, training.keep_checkpoints)
             if step >= steps:
                 break
@@ -871,9 +671,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
         return None
 
     accelerator.wait_for_everyone()
-    report = _write_rank_report(accelerator, work, unwrapped)
-    log.info("process %d: world size %d, all_reduce %.0f, weights %s", report["rank"], report["world_size"],
-             report["all_reduce_sum_of_rank_plus_1"], report["weights_sha256"][:16])
+    write_rank_report(accelerator, work, unwrapped)  # a completed run only: one stopped early returned above
     if is_main:
         _write_output(unwrapped, tokenizer, out, work, {
             **(run_info or {}),

@@ -105,7 +105,8 @@ def test_bench_padding_beats_fixed_length_and_frozen_agrees_with_its_features():
 
 def test_training_on_cached_vit_features_gives_the_same_losses(tmp_path):
     from reg2rg.model import load_preset, load_tokenizer, train_tiny_tokenizer
-    from reg2rg.train import TrainingConfig, VIT_FEATURES_DIR, train
+    from reg2rg.train import TrainingConfig, train
+    from reg2rg.vit_features import VIT_FEATURES_DIR
 
     cfg = load_preset("tiny", freeze_vit=True, input_size=[32, 32, 8], vit={"patch_size": [16, 16, 4]},
                       mask_encoder={"patch_size": [16, 16, 8]}, perceiver={"num_latents": 4}, lora={"dropout": 0.0},

@@ -250,7 +250,7 @@ def test_cache_manifest_reports_every_scan(scans, tmp_path):
 
 def test_windowed_volumes_reach_the_model_as_x_over_255(tmp_path):
     """An 8-bit windowed volume (CTRG) is normalised as x / 255 * 2 - 1, not clamped as HU."""
-    from reg2rg.ctrg import windowed_to_model_range
+    from reg2rg.layouts.ctrg import windowed_to_model_range
     from reg2rg.transforms import normalize_hu, scan_inputs, windowed_to_hu_scale
 
     levels = np.arange(256, dtype=np.int16)

@@ -1,4 +1,4 @@
-"""The CTRG reader (reg2rg.ctrg): annotation JSON + DICOM or NIfTI volumes, the seeded random 8:2 split, the
+"""The CTRG reader (reg2rg.layouts.ctrg): annotation JSON + DICOM or NIfTI volumes, the seeded random 8:2 split, the
 windowed (8-bit) intensity detection, slices-first NIfTI refused and conformed; the demo's stand-in for a SAT
 run imported exactly; and (slow) the demo_ctrg manifest built end to end by the workflow."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from reg2rg import ctrg, demo
+from reg2rg import demo
 from reg2rg.constants import REGIONS
-from reg2rg.datasets import inventory
+from reg2rg.layouts import ctrg, inventory
 from reg2rg.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_demo_ctrg_inventory_split_reports_labels(demo_root):
 
 def _check_relative(inv, root: Path):
     """Every path of the inventory is relative, names nothing above the root, and resolves to its file."""
-    from reg2rg.datasets import PATH_COLUMNS
+    from reg2rg.layouts.common import PATH_COLUMNS
 
     seen = 0
     for col in PATH_COLUMNS:
@@ -91,7 +91,7 @@ def _check_relative(inv, root: Path):
 def test_inventory_paths_are_relative_and_resolve_to_the_files(demo_root, tmp_path):
     """The inventory names files relative to the data set root (a folder above it named after the patient
     reaches no table); the readers resolve them with the root they are given."""
-    from reg2rg.datasets import inventory_labels
+    from reg2rg.layouts.radgenome import radgenome_labels
     from reg2rg.reports import inventory_reports
 
     root = tmp_path / "DOE^JOHN_12345" / "radgenome"
@@ -101,9 +101,9 @@ def test_inventory_paths_are_relative_and_resolve_to_the_files(demo_root, tmp_pa
     _check_relative(inv, root)
     assert inv.image.str.startswith(("train_preprocessed/", "valid_preprocessed/")).all()
     assert set(inventory_reports(inv, root).case_id) >= set(inv.case_id)
-    assert set(inventory_labels(inv, root).case_id) == set(inv.case_id)
+    assert set(radgenome_labels(inv, root).case_id) == set(inv.case_id)
     with pytest.raises(FileNotFoundError):  # the paths mean nothing without their root
-        inventory_labels(inv, tmp_path)
+        radgenome_labels(inv, tmp_path)
 
     croot, _ = demo_root
     cinv = inventory("ctrg", croot)
@@ -164,7 +164,7 @@ def test_slices_first_nifti_is_refused_then_conformed(tmp_path):
     vol = _windowed_volume(shape=(64, 64, 12))
     first = np.ascontiguousarray(vol.transpose(2, 1, 0))  # the public copy: [slice, row, column]
     root = _ctrg_root(tmp_path / "sf", {"a": first, "b": first.copy()})
-    with pytest.raises(InputError, match="slices first.*python -m reg2rg.ctrg conform"):
+    with pytest.raises(InputError, match="slices first.*python -m reg2rg.layouts conform"):
         inventory("ctrg", root)
     assert ctrg.main(["conform", str(root), str(tmp_path / "ok"), "--spacing", "0.8", "0.8", "5"]) == 0
     inv = inventory("ctrg", tmp_path / "ok")
@@ -452,7 +452,7 @@ def test_intensity_sampling_logs_no_path_above_the_root(tmp_path, caplog):
     above it may carry the patient's name)."""
     import logging
 
-    from reg2rg.ctrg import detect_intensity_mode
+    from reg2rg.layouts.ctrg import detect_intensity_mode
 
     root = tmp_path / "Doe^John" / "ctrg"
     (root / "vol").mkdir(parents=True)

@@ -217,7 +217,7 @@ def test_ctrate_v1_metadata_gives_hu_and_spacing(tmp_path):
     # root, so the inventory does not name it); the split without one is taken as already in HU.
     import pandas as pd
 
-    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.layouts.common import INVENTORY_COLUMNS
     from reg2rg.ingest import ingest_inventory
 
     root = tmp_path / "root"
@@ -560,7 +560,7 @@ def _refused_scans_manifest(tmp_path: Path, root: Path, images: dict[str, str], 
     ingest_shard passes datasets.<name>.ingest): (ingest status, manifest indexed by case id)."""
     import pandas as pd
 
-    from reg2rg.datasets import INVENTORY_COLUMNS
+    from reg2rg.layouts.common import INVENTORY_COLUMNS
     from reg2rg.ingest import ingest_inventory
     from reg2rg.manifest import build_manifest
     from reg2rg.masks import masks_inventory

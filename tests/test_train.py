@@ -22,10 +22,10 @@ from reg2rg.errors import ConfigError
 from reg2rg.model import load_preset, load_tokenizer, load_trained, train_tiny_tokenizer
 from reg2rg.prompt import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
 from reg2rg.dataset import make_batch
+from reg2rg.checkpoints import latest_checkpoint
 from reg2rg.train import (
     StreamSampler,
     TrainingConfig,
-    latest_checkpoint,
     train,
     training_texts,
 )
@@ -188,7 +188,8 @@ def test_batch_regions_follow_the_prompt_order(tok):
 def test_input_layout_reaches_the_batch_the_run_and_the_feature_cache(tok, tmp_path):
     from reg2rg.dataset import to_input_layout
     from reg2rg.model import build_model
-    from reg2rg.train import _fingerprint, cache_vit_features
+    from reg2rg.train import _fingerprint
+    from reg2rg.vit_features import cache_vit_features
 
     cfg = small_config(freeze_vit=True)
     ras = cfg.replace(input_layout="ras")

@@ -107,7 +107,7 @@ def read_report_input(path, id_column: str | None = None, text_column: str | Non
 
     path_s = str(path)
     if path_s.endswith(".json"):
-        from reg2rg.ctrg import read_annotation
+        from reg2rg.layouts.ctrg import read_annotation
 
         ann = read_annotation(path)
         return ann[["case_id", "report"]].reset_index(drop=True)

@@ -1,12 +1,12 @@
 """Adapter: rule split_reports (the gather) -> the data set's region report table and failures from its shards
-(reg2rg.shards, reg2rg.reports) and the labels (reg2rg.ctrg)."""
+(reg2rg.shards, reg2rg.reports) and the labels (reg2rg.layouts.ctrg)."""
 from reg2rg.logs import setup_script_logging
 
 setup_script_logging(snakemake.log[0])
 
 import pandas as pd  # noqa: E402
 
-from reg2rg.ctrg import ctrg_labels  # noqa: E402
+from reg2rg.layouts.ctrg import ctrg_labels  # noqa: E402
 from reg2rg.reports import read_region_reports, write_region_reports  # noqa: E402
 from reg2rg.shards import gather  # noqa: E402
 

@@ -6,7 +6,7 @@ Layout under the data set's root:
                       e.g. "val", are read too; the key is kept as `source_split`)
     <image_path>      per scan, relative to the root (or absolute, under the root): a DICOM series folder or
                       a NIfTI file. An image outside the root is refused: the tables name it relative to the
-                      root, never by an absolute path (reg2rg.datasets)
+                      root, never by an absolute path (reg2rg.layouts.common)
     labels.csv        optional: `id` + the 18 CT-RATE labels (the demo has them; CTRG does not)
 
 Split: the paper splits CTRG at random 8:2; the manifest split is a seeded random permutation of the sorted
@@ -18,7 +18,7 @@ trustworthy spacing. `detect_intensity_mode` samples a few volumes and calls the
 -500) or `windowed` (integers within [0, 255]); the inventory records it per scan (`intensity_mode`).
 Downstream: SAT's input maps windowed values to approximate HU (reg2rg.segment.sat.windowed_to_hu); the
 model side may use `windowed_to_model_range`. A slices-first NIfTI is refused with the command that
-conforms it (`python -m reg2rg.ctrg conform`), since ingestion would otherwise take slices for columns.
+conforms it (`python -m reg2rg.layouts conform`), since ingestion would otherwise take slices for columns.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from reg2rg.files import read_json, relative_source
 from reg2rg.errors import ConfigError, InputError, check_unique_ids
+from reg2rg.layouts.common import INVENTORY_COLUMNS, read_ctrate_labels, relative_to_root, source_path
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +183,9 @@ def windowed_to_model_range(array, per_volume: bool = False) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ inventory
 def ctrg_inventory(root, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION):
-    """One row per annotation entry (reg2rg.datasets.INVENTORY_COLUMNS, paths relative to the root).
+    """One row per annotation entry (reg2rg.layouts.common.INVENTORY_COLUMNS, paths relative to the root).
     A scan whose image is missing still gets its row: ingestion records why it failed."""
     import pandas as pd
-
-    from reg2rg.datasets import INVENTORY_COLUMNS, relative_to_root
 
     root = Path(root)
     if not root.is_dir():
@@ -197,7 +196,7 @@ def ctrg_inventory(root, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRA
     for img in images:
         if img.is_file() and img.name.endswith((".nii", ".nii.gz")) and nifti_slices_first(img):
             raise InputError(img, f"slices first (shape {list(_nifti_shape(img))}): conform the data set first with "
-                                  f"`python -m reg2rg.ctrg conform {root} OUT_DIR [--spacing X Y Z]`, then set the "
+                                  f"`python -m reg2rg.layouts conform {root} OUT_DIR [--spacing X Y Z]`, then set the "
                                   "root to OUT_DIR")
     mode = detect_intensity_mode(images, root=root)
     split = random_split(ann.case_id, seed, test_fraction)
@@ -222,8 +221,6 @@ def ctrg_reports(inventory, source_root) -> "pd.DataFrame":  # noqa: F821
     (relative to `source_root`, the data set root)."""
     import pandas as pd
 
-    from reg2rg.datasets import source_path
-
     frames = [read_annotation(source_path(source_root, p)) for p in sorted(set(inventory.report_csv.dropna()))]
     ann = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["case_id", "report"])
     by_id = dict(zip(ann.case_id, ann.report))
@@ -235,8 +232,6 @@ def ctrg_labels(inventory, source_root):
     """The 18 labels where the data set has a labels.csv (`id` column, relative to `source_root`):
     `case_id, labels`."""
     import pandas as pd
-
-    from reg2rg.datasets import read_ctrate_labels, source_path
 
     frames = [read_ctrate_labels(source_path(source_root, p), id_column="id")
               for p in sorted(set(inventory.labels_csv.dropna()))]
@@ -295,9 +290,10 @@ def conform_dataset(root, out_dir, spacing=None) -> int:
 
 
 def main(argv=None) -> int:
+    """`python -m reg2rg.layouts conform ROOT OUT_DIR [--spacing X Y Z]` (reg2rg/layouts/__main__.py)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m reg2rg.ctrg", description="CTRG-Chest-548K helpers")
+    p = argparse.ArgumentParser(prog="python -m reg2rg.layouts", description="CTRG-Chest-548K helpers")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("conform", help="rewrite slices-first NIfTI volumes as ordinary ones (see conform_nifti)")
     c.add_argument("root")
@@ -310,6 +306,3 @@ def main(argv=None) -> int:
     log.info("conformed %d volumes into %s", n, args.out_dir)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
