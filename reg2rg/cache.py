@@ -457,13 +457,13 @@ def read_cache(path) -> CachedScan:
 
 def cache_manifest(manifest_df, out_dir, threads: int = 1, input_size=PAPER_INPUT_SIZE):
     """Cache every included scan of a manifest into `out_dir` for the model input size `input_size` (x, y, z),
-    with reg2rg.batch.run_per_case over `threads` processes. Returns a status
+    with reg2rg.per_scan.run_per_case over `threads` processes. Returns a status
     DataFrame, one row per manifest scan: case_id, status (ok | error | skipped), reason, cache (the
     .safetensors path when ok), cache_bytes and source_bytes. Excluded scans are `skipped` with the
     manifest's reason."""
     import pandas as pd
 
-    from reg2rg.batch import run_per_case
+    from reg2rg.per_scan import run_per_case
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -216,7 +216,7 @@ def _add_report(sub):
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     _add_decoding_options(p)
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
-    p.set_defaults(run=_call("reg2rg.report:cli"))
+    p.set_defaults(run=_call("reg2rg.scan_report:cli"))
     _paths(p, reads=["--model", "--ct", "--masks", "--sat-config"], writes=["--out", "--html"])
 
 

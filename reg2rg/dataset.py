@@ -291,7 +291,7 @@ def shuffle_regions(item: dict, rng) -> dict:
 def tokenize_items(items: list[dict], tokenizer, config, *, with_target: bool, padding_side: str) -> dict:
     """Prompts (and RRA targets) for items whose regions are already in prompt order: input_ids,
     attention_mask, labels padded to the longest sample, and the area names in prompt order."""
-    from reg2rg.prompt import build_example, pad_examples
+    from reg2rg.rra import build_example, pad_examples
 
     examples = []
     for it in items:

@@ -16,7 +16,7 @@ Output (Parquet, one row per scan):
                      (their index stays unused); the whole report when the scan has no region text at all;
                      plain region texts in prompt order for a model trained without RRA
     prediction       the generated text, raw (special tokens removed)
-    regions          the prediction parsed with reg2rg.prompt.parse_rra: list of {index, named_area, text}
+    regions          the prediction parsed with reg2rg.rra.parse_rra: list of {index, named_area, text}
     region_areas     the true area of each prompt region, by index (position 0 = region 1), for recognition
     n_regions, prompt_tokens, generated_tokens (up to and including eos), finished (eos reached before
     max_new_tokens)
@@ -118,7 +118,7 @@ class GenerationSettings:
 
 def reference_text(item: dict, config) -> str:
     """The reference of one scan whose regions are in prompt order (see the module docstring)."""
-    from reg2rg.prompt import build_rra_target
+    from reg2rg.rra import build_rra_target
 
     texts = [(k + 1, REGIONS[int(r)], str(t).strip()) for k, (r, t) in
              enumerate(zip(item["regions"], item["region_texts"])) if t is not None and str(t).strip()]
@@ -165,7 +165,7 @@ def generate_predictions(model, dataset, settings: GenerationSettings, *, device
     import torch
     from tqdm.auto import tqdm
 
-    from reg2rg.prompt import parse_rra
+    from reg2rg.rra import parse_rra
     from reg2rg.dataset import make_batch, model_inputs
 
     tokenizer = model.tokenizer

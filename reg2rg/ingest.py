@@ -944,7 +944,7 @@ def ingest_inventory(inventory, out_dir, source_root, spacing=DEFAULT_SPACING, a
     outside the root and so is not in the inventory); a scan of a split with a CSV is rescaled by it, not
     taken as already in HU. `fill_nonfinite`, `accept_implausible_hu`: as for ingest() (the config's
     `datasets.<name>.ingest`), for every scan."""
-    from reg2rg.batch import run_per_case
+    from reg2rg.per_scan import run_per_case
     from reg2rg.layouts.common import source_path
 
     out_dir = Path(out_dir)

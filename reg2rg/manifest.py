@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from reg2rg.constants import REGIONS
-from reg2rg.reports import PROBLEM_UNKNOWN_REGION
+from reg2rg.region_reports import PROBLEM_UNKNOWN_REGION
 
 log = logging.getLogger(__name__)
 

@@ -449,7 +449,7 @@ def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: 
     stage's `case_id, status, reason`. Writes `{out_dir}/{case_id}.nii.gz` and `.json` per scan and returns
     `case_id, status, reason` for every inventory scan: `ok` (see the sidecar for each region), `error`
     (no mask folder, unreadable volume, ...) or `skipped` (not ingested)."""
-    from reg2rg.batch import run_per_case
+    from reg2rg.per_scan import run_per_case
     from reg2rg.layouts.common import source_path
 
     volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)

@@ -237,7 +237,7 @@ def _safe_name(case_id: str) -> str:
 def case_scores(reference: str, prediction: str, regions: list, region_areas: list) -> dict:
     """Per-scan BLEU-4 and ROUGE-L (RRA prefixes stripped, as evaluate does) and region recognition."""
     from reg2rg.evaluate.text_metrics import bleu_13a, rouge_l
-    from reg2rg.prompt import strip_rra
+    from reg2rg.rra import strip_rra
 
     ref, gen = strip_rra(reference or ""), strip_rra(prediction or "")
     named = {}
@@ -334,7 +334,7 @@ def findings_table_html(metrics: dict) -> str:
 
 
 def _region_rows(reference: str, prediction: str, region_areas: list) -> str:
-    from reg2rg.prompt import parse_rra
+    from reg2rg.rra import parse_rra
 
     ref = {p.index: p for p in parse_rra(reference or "")}
     gen = {}

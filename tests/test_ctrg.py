@@ -92,7 +92,7 @@ def test_inventory_paths_are_relative_and_resolve_to_the_files(demo_root, tmp_pa
     """The inventory names files relative to the data set root (a folder above it named after the patient
     reaches no table); the readers resolve them with the root they are given."""
     from reg2rg.layouts.radgenome import radgenome_labels
-    from reg2rg.reports import inventory_reports
+    from reg2rg.region_reports import inventory_reports
 
     root = tmp_path / "DOE^JOHN_12345" / "radgenome"
     summary = demo.make_demo_dataset("radgenome", root, cases=3, seed=1, shape=(48, 40, 12))

@@ -17,7 +17,7 @@ from reg2rg.evaluate import (LENGTH_PLOT, evaluate_predictions, load_predictions
                              validate_metrics, write_metrics)
 from reg2rg.evaluate import text_metrics as tm
 from reg2rg.evaluate.labelers import RulesLabeler, label_agreement
-from reg2rg.prompt import build_rra_target, strip_rra
+from reg2rg.rra import build_rra_target, strip_rra
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import pytest
 from reg2rg.constants import REGIONS
 from reg2rg.evaluate import evaluate_predictions
 from reg2rg.evaluate.recognition import MISSING, recognition_metrics, region_pairs
-from reg2rg.prompt import build_rra_target
+from reg2rg.rra import build_rra_target
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

@@ -15,7 +15,7 @@ import torch
 from reg2rg.constants import REGIONS
 from reg2rg.generate import COLUMNS, GenerationSettings, generate_predictions, reference_text
 from reg2rg.model import load_trained
-from reg2rg.prompt import parse_rra
+from reg2rg.rra import parse_rra
 from test_train import overfit_model, recognition
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from reg2rg.model import (
 )
 from reg2rg.model.build import load_base_llm
 from reg2rg.model.tokenizer import text_vocab_size
-from reg2rg.prompt import (
+from reg2rg.rra import (
     DELIMITER_TOKENS,
     GEOMETRY_TOKEN,
     IMAGE_TOKEN,

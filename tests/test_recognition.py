@@ -3,7 +3,7 @@ import pytest
 
 from reg2rg.constants import REGIONS
 from reg2rg.evaluate.recognition import MISSING, recognition_metrics, region_pairs, true_areas
-from reg2rg.prompt import build_rra_target
+from reg2rg.rra import build_rra_target
 
 
 def _rra(*items):

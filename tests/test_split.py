@@ -18,7 +18,7 @@ import pytest
 from reg2rg import demo
 from reg2rg.constants import REGIONS
 from reg2rg.split.answer import ANSWER_SCHEMA, AnswerError, parse_answer, validate_answer
-from reg2rg.split.cache import cache_key
+from reg2rg.split.answer_store import cache_key
 from reg2rg.errors import ConfigError
 from reg2rg.split.llm import PROBE_MESSAGES, LLMSettings, LLMSplitter
 from reg2rg.split.prompt import PROMPT_VERSION, build_messages, sentences_from_messages
@@ -342,7 +342,7 @@ def test_rules_splitter_on_real_ct_rate_sentences():
 
 def test_split_reports_command_writes_the_region_table(tmp_path):
     from reg2rg.cli import main
-    from reg2rg.reports import read_region_reports
+    from reg2rg.region_reports import read_region_reports
 
     reports = _demo_reports(3, seed=5)
     csv = tmp_path / "reports.csv"

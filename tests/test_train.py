@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError
 from reg2rg.model import load_preset, load_tokenizer, load_trained, train_tiny_tokenizer
-from reg2rg.prompt import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
+from reg2rg.rra import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
 from reg2rg.dataset import make_batch
 from reg2rg.checkpoints import latest_checkpoint
 from reg2rg.train import (

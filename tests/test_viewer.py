@@ -40,7 +40,7 @@ def _dataset(root: Path) -> Path:
     for case, regions, ref, pred in cases:
         name = case.replace("/", "_")
         _scan(res / "volumes" / f"{name}.nii.gz", res / "masks" / f"{name}.nii.gz", regions)
-        from reg2rg.prompt import parse_rra
+        from reg2rg.rra import parse_rra
 
         preds.append({"case_id": case, "reference": ref, "prediction": pred,
                       "regions": [{"index": p.index, "named_area": p.area, "text": p.text} for p in parse_rra(pred)],

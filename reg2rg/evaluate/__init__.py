@@ -24,7 +24,7 @@ import numpy as np
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import InputError, check_unique_ids
-from reg2rg.prompt import parse_rra, strip_rra
+from reg2rg.rra import parse_rra, strip_rra
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from reg2rg.constants import REGIONS
-from reg2rg.prompt import parse_rra
+from reg2rg.rra import parse_rra
 
 MISSING = "missing"
 OTHER = "other"

@@ -5,7 +5,7 @@ Under the data set's root:
 
     {train,valid}_preprocessed/<id>/<id>a/<name>.nii.gz        the volumes
     {train,valid}_region_mask/seg_<name>/                      the region masks
-    train_region_report.csv, validation_region_report.csv      the region reports (reg2rg.reports reads them)
+    train_region_report.csv, validation_region_report.csv      the region reports (reg2rg.region_reports reads them)
     multi_abnormality_labels/{train,valid}_predicted_labels.csv   optional: the 18 CT-RATE labels
 """
 from __future__ import annotations

@@ -179,7 +179,7 @@ class Reg2RGConfig:
 
     @property
     def prompt_layout(self):
-        from reg2rg.prompt import PromptLayout
+        from reg2rg.rra import PromptLayout
 
         return PromptLayout(
             num_image_tokens=self.perceiver.num_latents,

@@ -2,7 +2,7 @@
 
 Inputs (all volumes [N, C, X, Y, Z], float, normalised by the data side: HU clamped to [-1000, 200] then
 (x + 400) / 600, so air is -1 and the masked-out outside of a crop, written as -1024 HU, is -1 too):
-- input_ids [B, L] int64 from `reg2rg.prompt.build_example`/`pad_examples`: text ids plus placeholders
+- input_ids [B, L] int64 from `reg2rg.rra.build_example`/`pad_examples`: text ids plus placeholders
   (`<image_token>`, `<texture_token>`, `<geometry_token>`) and delimiters (`<image>`, `</image>`, `<region>`,
   `</region>`).
 - global_volume [B, 1, X, Y, Z]: one per sample (omit when use_global is off).
@@ -31,7 +31,7 @@ from reg2rg.model.mask_encoder import MaskEncoder
 from reg2rg.model.perceiver import PerceiverResampler
 from reg2rg.model.vit3d import ViT3D
 from reg2rg.constants import REGIONS
-from reg2rg.prompt import (DELIMITER_TOKENS, GEOMETRY_TOKEN, IMAGE_TOKEN, REGION_START, SPECIAL_TOKENS,
+from reg2rg.rra import (DELIMITER_TOKENS, GEOMETRY_TOKEN, IMAGE_TOKEN, REGION_START, SPECIAL_TOKENS,
                             TEXTURE_TOKEN)
 
 # Slots of the special-token lookup: 0-3 delimiters (rows of delimiter_embeddings), then the placeholders.

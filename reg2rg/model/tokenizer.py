@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from reg2rg.errors import ConfigError
-from reg2rg.prompt import SPECIAL_TOKENS
+from reg2rg.rra import SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int, out_dir):
     from transformers import PreTrainedTokenizerFast
 
     from reg2rg.constants import REGIONS
-    from reg2rg.prompt import GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO, RRA_PREFIX
+    from reg2rg.rra import GLOBAL_CONTEXT, INSTRUCTION, REGION_INTRO, RRA_PREFIX
 
     # Every "The region N is" is one token of its own: the prompt's region N segment and the target's region N
     # prefix then start with the same token, which no report text holds (a numeral such as the "7" of "7 mm"
@@ -96,7 +96,7 @@ def phrase_token_ids(tokenizer) -> list[int] | None:
     """Ids of the one-token phrases "The region 1 is" .. "The region 10 is" (the tiny tokenizer's), in index
     order; None when the tokenizer splits them (Llama-2's)."""
     from reg2rg.constants import REGIONS
-    from reg2rg.prompt import REGION_INTRO
+    from reg2rg.rra import REGION_INTRO
 
     vocab = tokenizer.get_vocab()
     phrases = [REGION_INTRO.format(index=i).strip() for i in range(1, len(REGIONS) + 1)]

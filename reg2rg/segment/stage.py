@@ -30,7 +30,7 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
     import json
 
 
-    from reg2rg.batch import run_per_case
+    from reg2rg.per_scan import run_per_case
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
     import json
 
 
-    from reg2rg.batch import run_per_case
+    from reg2rg.per_scan import run_per_case
 
     mapping = sat.region_prompts(prompts)
     derive = sat.derived_regions(prompts)  # the pleura, unless the config gives its prompts

@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 
 from reg2rg.errors import ConfigError
 from reg2rg.split.answer import ANSWER_SCHEMA, AnswerError, parse_answer, validate_answer
-from reg2rg.split.cache import SplitCache, cache_key
+from reg2rg.split.answer_store import SplitCache, cache_key
 from reg2rg.split.prompt import PROMPT_VERSION, build_messages, repair_message
 
 log = logging.getLogger(__name__)

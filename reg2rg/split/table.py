@@ -1,4 +1,4 @@
-"""Split a table of whole reports into the region report table of `reg2rg.reports`
+"""Split a table of whole reports into the region report table of `reg2rg.region_reports`
 (`case_id, report, region_texts, problems`) plus `others`, `split_status` and `splitter` columns.
 
 `split_status` (SPLIT_STATUSES), one per report:
@@ -17,7 +17,7 @@ import logging
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, check_unique_ids
-from reg2rg.reports import PROBLEM_NO_TEXT
+from reg2rg.region_reports import PROBLEM_NO_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def cli(args) -> int:
     """`reg2rg split-reports`."""
     from pathlib import Path
 
-    from reg2rg.reports import write_region_reports
+    from reg2rg.region_reports import write_region_reports
 
     reports = read_report_input(args.input, args.id_column, args.text_column)
     llm = {k: v for k, v in {

@@ -8,7 +8,7 @@ setup_script_logging(snakemake.log[0])
 import pandas as pd  # noqa: E402
 
 from reg2rg.manifest import build_manifest, write_manifests  # noqa: E402
-from reg2rg.reports import read_region_reports  # noqa: E402
+from reg2rg.region_reports import read_region_reports  # noqa: E402
 
 manifest = build_manifest(
     inventory=pd.read_parquet(snakemake.input.inventory),

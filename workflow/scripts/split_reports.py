@@ -10,7 +10,7 @@ setup_script_logging(snakemake.log[0])
 import pandas as pd  # noqa: E402
 
 from reg2rg.layouts.ctrg import ctrg_reports  # noqa: E402
-from reg2rg.reports import write_region_reports  # noqa: E402
+from reg2rg.region_reports import write_region_reports  # noqa: E402
 from reg2rg.shards import select_cases  # noqa: E402
 from reg2rg.split.table import split_report_table  # noqa: E402
 

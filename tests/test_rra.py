@@ -4,7 +4,7 @@ import random
 import pytest
 
 from reg2rg.constants import REGIONS
-from reg2rg.prompt import (
+from reg2rg.rra import (
     GEOMETRY_TOKEN,
     GLOBAL_CONTEXT,
     IMAGE_END,

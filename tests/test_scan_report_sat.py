@@ -110,7 +110,7 @@ def test_report_command_with_sat(tmp_path):
     """`reg2rg report --segmenter sat --sat-config FILE` end to end with a tiny untrained model."""
     import torch
 
-    from test_report import REPORTS
+    from test_scan_report import REPORTS
     from reg2rg.cli import main
     from reg2rg.model import build_model, load_preset, save_trained, train_tiny_tokenizer
 

@@ -7,7 +7,7 @@ import pytest
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import InputError
-from reg2rg.reports import read_radgenome_region_reports, read_region_reports, write_region_reports
+from reg2rg.region_reports import read_radgenome_region_reports, read_region_reports, write_region_reports
 
 I = {r: i for i, r in enumerate(REGIONS)}
 
@@ -105,7 +105,7 @@ def test_parquet_round_trip(table, tmp_path):
 def test_inventory_reports_concatenates_csvs(tmp_path):
     import pandas as pd
 
-    from reg2rg.reports import inventory_reports
+    from reg2rg.region_reports import inventory_reports
 
     a = _write(tmp_path / "train_region_report.csv", ROWS)
     b = _write(tmp_path / "validation_region_report.csv",

@@ -18,7 +18,7 @@ from reg2rg.cli import main
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.generate import GenerationSettings
-from reg2rg.report import build_report, make_report, validate_report
+from reg2rg.scan_report import build_report, make_report, validate_report
 from reg2rg.viewer import REGION_COLORS
 
 CIP = SHARED_DATA / "cip-ct64"
@@ -202,7 +202,7 @@ def test_masks_that_are_not_a_label_file_are_refused(cip_volume, masks_dir, tmp_
     """A single-file --masks must be a label file that declares itself: the binary lung mask, another tool's
     label map (cip-ct64's lm-64.nrrd) and a bare bit-packed image are refused, naming the file; a misnamed
     region file in a folder too. Before, the lung mask read as bit 0: "abdomen"."""
-    from reg2rg.report import place_masks
+    from reg2rg.scan_report import place_masks
 
     cases = {
         CIP / "wholeLung-64.nrrd": r"binary mask \(values 0, 1\)",
@@ -229,7 +229,7 @@ def test_masks_that_are_not_a_label_file_are_refused(cip_volume, masks_dir, tmp_
 
 def test_truncated_region_mask_is_an_error_not_half_a_mask(cip_volume, masks_dir, tmp_path):
     from reg2rg.masks import read_region_masks
-    from reg2rg.report import place_masks
+    from reg2rg.scan_report import place_masks
 
     folder = tmp_path / "cut"
     folder.mkdir()
