@@ -10,18 +10,34 @@ and direction (row-major 3 x 3 cosines), all in [x, y, z] order as SimpleITK giv
   index (nearest neighbour for masks); `sitk_interpolator` and `outside_value` are its defaults, shared
   with the other resamplings (reg2rg.ingest).
 - `itk_message(err)`: the useful part of an ITK exception, for an error message that names the file.
+- `size_triple(value, name)`: a configured grid size or patch size, validated as three positive integers.
 """
 from __future__ import annotations
 
 import re
 
 from reg2rg.constants import OUTSIDE_HU
+from reg2rg.errors import ConfigError
 
 # Two grids are "the same" when they agree to within these tolerances: spacing relative, direction absolute,
 # origin a fraction of the smallest spacing (mm).
 SPACING_RTOL = 1e-4
 DIRECTION_ATOL = 1e-4
 ORIGIN_FRACTION_OF_SPACING = 1e-3
+
+
+def size_triple(value, name: str) -> tuple[int, int, int]:
+    """A size in (x, y, z) order (or one integer for all three) as three positive integers; a ConfigError
+    naming `name` otherwise."""
+    if isinstance(value, int):
+        value = (value, value, value)
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError as err:
+        raise ConfigError(f"{name}: expected three integers (x, y, z), got {value!r}") from err
+    if len(out) != 3 or min(out) <= 0:
+        raise ConfigError(f"{name}: expected three positive integers (x, y, z), got {value!r}")
+    return out
 
 
 def _floats(values) -> list[float]:

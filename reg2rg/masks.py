@@ -449,17 +449,14 @@ def masks_inventory(inventory, volume_status, volumes_dir: str | Path, out_dir: 
     stage's `case_id, status, reason`. Writes `{out_dir}/{case_id}.nii.gz` and `.json` per scan and returns
     `case_id, status, reason` for every inventory scan: `ok` (see the sidecar for each region), `error`
     (no mask folder, unreadable volume, ...) or `skipped` (not ingested)."""
-    from reg2rg.per_scan import run_per_case
     from reg2rg.layouts.common import source_path
+    from reg2rg.per_scan import ready_after, run_per_case
 
     volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ingested = {r.case_id for r in volume_status.itertuples() if r.status == "ok"}
-    jobs, skipped = [], []
-    for inv in inventory.itertuples():
-        if inv.case_id not in ingested:
-            skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": "not ingested"})
-            continue
+    ready, skipped = ready_after(inventory, volume_status, "not ingested")
+    jobs = []
+    for inv in ready:
         mask_dir = getattr(inv, "mask_dir", None)
         jobs.append((inv.case_id, {
             "volume_path": volumes_dir / f"{inv.case_id}.nii.gz",

@@ -38,6 +38,20 @@ def _run_one(func: Callable[..., Any], case_id: str, kwargs: dict) -> dict:
     return {"case_id": case_id, "status": "ok", "reason": ""}
 
 
+def ready_after(inventory, stage_status, not_ready: str) -> tuple[list, list[dict]]:
+    """Split an inventory by an earlier stage's status table (`case_id, status, reason`): the inventory rows
+    (itertuples) of the scans it made (`ok`), and a `skipped` row with reason `not_ready` for every other scan,
+    for run_per_case's `not_run`."""
+    made = {r.case_id for r in stage_status.itertuples() if r.status == "ok"}
+    ready, skipped = [], []
+    for inv in inventory.itertuples():
+        if inv.case_id in made:
+            ready.append(inv)
+        else:
+            skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": not_ready})
+    return ready, skipped
+
+
 def run_per_case(func: Callable[..., Any], jobs: Iterable[tuple[str, dict]], threads: int = 1,
                  desc: str = "scans", not_run: Iterable[dict] = ()):
     """Call func(**kwargs) for each (case_id, kwargs); return a DataFrame `case_id, status, reason`, sorted

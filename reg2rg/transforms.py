@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from reg2rg.constants import HU_CENTER, HU_MAX, HU_MIN, HU_SCALE, OUTSIDE_HU, REGIONS
+from reg2rg.geometry import size_triple
 
 Box = tuple[slice, slice, slice]
 
@@ -97,14 +98,9 @@ class Scratch:
 # --------------------------------------------------------------------------------------------------------------
 
 def size_zyx(size: Sequence[int]) -> tuple[int, int, int]:
-    """(x, y, z) -> (z, y, x), validated."""
-    try:
-        out = tuple(int(v) for v in size)
-    except TypeError as err:
-        raise ValueError(f"size: expected three integers (x, y, z), got {size!r}") from err
-    if len(out) != 3 or min(out) <= 0:
-        raise ValueError(f"size: expected three positive integers (x, y, z), got {size!r}")
-    return out[2], out[1], out[0]
+    """(x, y, z) -> (z, y, x), validated (reg2rg.geometry.size_triple)."""
+    x, y, z = size_triple(size, "size")
+    return z, y, x
 
 
 def normalize_hu(arr):

@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reg2rg.files import read_json, relative_source
 from reg2rg.errors import ConfigError, InputError, check_unique_ids
 from reg2rg.layouts.common import INVENTORY_COLUMNS, read_ctrate_labels, relative_to_root, source_path
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ AIR_HU_BELOW = -500.0
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def read_annotation(path) -> "pd.DataFrame":  # noqa: F821
+def read_annotation(path) -> pd.DataFrame:
     """annotation.json -> DataFrame `case_id, source_split, report, image_path` (file order). InputError
     naming the file for a missing file, bad JSON, an entry without an id, or an id given twice."""
     import pandas as pd
@@ -216,7 +220,7 @@ def ctrg_inventory(root, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRA
     return inv.sort_values(["split", "case_id"]).reset_index(drop=True)
 
 
-def ctrg_reports(inventory, source_root) -> "pd.DataFrame":  # noqa: F821
+def ctrg_reports(inventory, source_root) -> pd.DataFrame:
     """Whole reports of the inventory's scans (`case_id, report`) from the annotation file(s) it names
     (relative to `source_root`, the data set root)."""
     import pandas as pd

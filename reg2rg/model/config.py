@@ -21,23 +21,12 @@ from typing import Any
 
 from reg2rg.constants import INPUT_LAYOUTS
 from reg2rg.errors import ConfigError
+from reg2rg.geometry import size_triple
 
 ARCHS = ("llama", "gpt2")
 # LoRA targets per decoder when the config leaves them unset: Llama's attention query and value projections
 # (the paper's choice), GPT-2's fused query/key/value projection.
 DEFAULT_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
-
-
-def _triple(value, name: str) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        value = (value, value, value)
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError as err:
-        raise ConfigError(f"{name}: expected three integers (x, y, z), got {value!r}") from err
-    if len(out) != 3 or min(out) <= 0:
-        raise ConfigError(f"{name}: expected three positive integers (x, y, z), got {value!r}")
-    return out
 
 
 @dataclass
@@ -64,9 +53,9 @@ class ViTConfig:
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        self.patch_size = _triple(self.patch_size, "patch_size")
+        self.patch_size = size_triple(self.patch_size, "patch_size")
         if self.pos_grid is not None:
-            self.pos_grid = _triple(self.pos_grid, "pos_grid")
+            self.pos_grid = size_triple(self.pos_grid, "pos_grid")
         for name in ("dropout", "emb_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
@@ -165,7 +154,7 @@ class Reg2RGConfig:
     use_lfd: bool = True  # off: the texture input is the uncropped masked volume (the data side supplies it)
 
     def __post_init__(self):
-        self.input_size = _triple(self.input_size, "input_size")
+        self.input_size = size_triple(self.input_size, "input_size")
         self.validate()
 
     # -- derived values ---------------------------------------------------------------------------------

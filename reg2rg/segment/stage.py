@@ -29,18 +29,14 @@ def prepare_inventory(inventory, volume_status, volumes_dir, out_dir, jsonl_path
     (absolute image paths, all prompts of the region mapping). Returns the status table."""
     import json
 
-
-    from reg2rg.per_scan import run_per_case
+    from reg2rg.per_scan import ready_after, run_per_case
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = sat.all_prompts(sat.region_prompts(prompts))
-    ingested = {r.case_id for r in volume_status.itertuples() if r.status == "ok"}
-    jobs, skipped = [], []
-    for inv in inventory.itertuples():
-        if inv.case_id not in ingested:
-            skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": "not ingested"})
-            continue
+    ready, skipped = ready_after(inventory, volume_status, "not ingested")
+    jobs = []
+    for inv in ready:
         jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "out_dir": out_dir,
                                    "case_id": inv.case_id, "intensity_mode": _intensity_mode(inv),
                                    "window": window}))
@@ -96,7 +92,6 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
     `case_id, status, reason` for every inventory scan. `standin_index`: the demo's standin.json (stand-in files
     are checked against our SAT input before import)."""
     import json
-
 
     from reg2rg.per_scan import run_per_case
 
