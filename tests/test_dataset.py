@@ -79,6 +79,11 @@ def _manifest_row(case, volume, mask, texts, usable, status="included", reason="
     }
 
 
+def _two_regions(cached, texts) -> pd.DataFrame:
+    """A manifest of the cached scan with mediastinum and bone usable."""
+    return pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts, ["mediastinum", "bone"])])
+
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
     """ct_cropped with aorta (as mediastinum), vertebrae_T12 (bone) and an all-air thyroid; cached at SIZE."""
@@ -141,9 +146,7 @@ def test_dataset_leaves_out_regions_without_text_or_with_empty_mask(cached):
 
 @needs_ts
 def test_dataset_items_equal_the_direct_transform(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     item = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
     ct = cached["ct"]
     body = body_box(ct)
@@ -159,9 +162,7 @@ def test_dataset_items_equal_the_direct_transform(cached):
 
 @needs_ts
 def test_shuffled_regions_keep_texts_and_tensors_together(cached):
-    texts = [f"text {i}" for i in range(len(REGIONS))]
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, [f"text {i}" for i in range(len(REGIONS))])
     plain = Reg2RGDataset(manifest, cached["dir"], SIZE)[0]
     ds = Reg2RGDataset(manifest, cached["dir"], SIZE, shuffle_regions=True)
     torch.manual_seed(0)
@@ -179,9 +180,7 @@ def test_shuffled_regions_keep_texts_and_tensors_together(cached):
 
 @needs_ts
 def test_collate_handles_different_region_counts(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     two = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
     one = {**two, "case_id": "other", "regions": two["regions"][1:], "texture": two["texture"][1:],
            "geometry": two["geometry"][1:], "region_texts": two["region_texts"][1:], "report": None}
@@ -204,9 +203,7 @@ def test_collate_handles_different_region_counts(cached):
 
 @needs_ts
 def test_collate_in_a_dataloader_worker_uses_shared_memory(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     ds = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_visual)
     batch = next(iter(loader))
