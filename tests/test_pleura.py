@@ -4,13 +4,10 @@ CT with a real lung mask it is tissue, not air, and holds a simulated effusion; 
 default prompts do not ask SAT for pleura and the imported pleura is the derivation, voxel for voxel."""
 from __future__ import annotations
 
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
 from conftest import SHARED_DATA, needs_fixtures
 from reg2rg.constants import REGIONS
