@@ -142,9 +142,9 @@ def test_gpu_train_step_runs_tiny_on_the_cpu(tmp_path):
     r = json.loads(out.read_text())
     order = ["no_checkpointing", "no_checkpointing_cached_vit", "checkpointing", "checkpointing_cached_vit"]
     assert list(r["runs"]) == order
-    # The variants train one model in turn, each ending on the same batch: a variant whose steps train
-    # (through the cached ViT features, through checkpointing) leaves that batch's loss lower than the one
-    # before it did (6.59, 6.56, 6.54, 6.51 measured).
+    # The variants train one model in turn, each ending on the same batch, so that batch's loss falls from one
+    # variant to the next (6.59, 6.56, 6.54, 6.51 measured); a NaN, or checkpointing that cuts the gradients
+    # (both checkpointing variants would then leave the model as it was), breaks the fall.
     losses = [r["runs"][name]["loss"] for name in order]
     assert all(a > b for a, b in zip(losses, losses[1:])), r["runs"]
 
