@@ -561,8 +561,7 @@ def bench_frozen(batch_size: int = 3, steps: int = 4, paper_vit: bool = False, t
 
     import torch
 
-    from reg2rg.dataset import to_input_layout
-    from reg2rg.dataset import make_batch, model_inputs
+    from reg2rg.dataset import make_batch, model_inputs, to_input_layout
 
     if threads:
         torch.set_num_threads(int(threads))

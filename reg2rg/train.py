@@ -404,7 +404,10 @@ def check_shared_memory(model_config, training: TrainingConfig, processes: int =
     return need
 
 
-def _fingerprint(model_config, training: TrainingConfig, case_ids: list[str], tokenizer, processes: int) -> str:
+def run_fingerprint(model_config, training: TrainingConfig, case_ids: list[str], tokenizer, processes: int) -> str:
+    """The run's identity: a hash of what decides its result (the model config, the training settings that
+    change the result, the training scans, the tokenizer's vocabulary, the number of processes). Kept in
+    `{work}/run.json` and run_config.json; a run with another one does not resume this one's checkpoints."""
     vocab = sorted(tokenizer.get_vocab().items())
     return _sha256_json({
         "model": model_config.to_dict(),
@@ -553,7 +556,7 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
     steps = total_steps(training, n, processes, accumulation)
     # Before the model is built (minutes for the 7B): the loaders' shared memory, for this node's processes.
     check_shared_memory(model_config, training, int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
-    fingerprint = _fingerprint(model_config, training, case_ids(dataset), tokenizer, processes)
+    fingerprint = run_fingerprint(model_config, training, case_ids(dataset), tokenizer, processes)
     _prepare_work_dir(work, fingerprint, is_main)
     accelerator.wait_for_everyone()
 

@@ -1,9 +1,11 @@
-"""Benchmarks at tiny sizes: each command runs and writes its JSON keys; the loader baseline is the authors' way
-(every file read with nibabel as float64); training on cached frozen-ViT features gives the losses of training
-with the ViT; the GPU step script runs on the CPU with --tiny."""
+"""Benchmarks at tiny sizes: each holds its ratio against the baseline of the same run to a bound, or checks a
+property of its result; the loader baseline is the authors' way (every file read with nibabel as float64);
+training on cached frozen-ViT features gives the losses of training with the ViT; the GPU step script runs on
+the CPU with --tiny, and its variants train."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -38,20 +40,6 @@ def test_bench_loader_beats_the_authors_loading_and_reports_its_runs(tmp_path):
     assert r["cache_to_ingested"] <= 2
 
 
-class _Conn:
-    def __init__(self, jobs):
-        self.jobs, self.answers = list(jobs), []
-
-    def recv(self):
-        return self.jobs.pop(0)
-
-    def send(self, x):
-        self.answers.append(x)
-
-    def close(self):
-        pass
-
-
 def test_loader_baseline_reads_every_file_as_float64_with_nibabel(tmp_path, monkeypatch):
     import nibabel as nib
 
@@ -72,9 +60,17 @@ def test_loader_baseline_reads_every_file_as_float64_with_nibabel(tmp_path, monk
         return img
 
     monkeypatch.setattr(nib, "load", spy_load)
-    conn = _Conn([("baseline", str(files["volume"]), {n: str(p) for n, p in files["region_files"].items()}), None])
-    bench._loader_worker(conn, None, (16, 16, 8), [], 1)
-    assert len(conn.answers) == 1 and conn.answers[0][3] == len(REGIONS)
+    parent, child = multiprocessing.Pipe()  # the worker runs here, in this process, on a real pipe
+    parent.send(("baseline", str(files["volume"]), {n: str(p) for n, p in files["region_files"].items()}))
+    parent.send(None)
+    threads = torch.get_num_threads()
+    try:
+        bench._loader_worker(child, None, (16, 16, 8), [], 1)
+    finally:
+        torch.set_num_threads(threads)  # the worker sets its own thread count
+    assert parent.recv()[3] == len(REGIONS)
+    with pytest.raises(EOFError):  # one answer, then the worker closed its end
+        parent.recv()
     assert sorted(n for n, _ in loaded) == sorted(["volume.nii.gz"] + [f"{r}.nii.gz" for r in REGIONS])
     assert {d for _, d in loaded} == {np.dtype(np.float64)}
 
@@ -144,9 +140,13 @@ def test_gpu_train_step_runs_tiny_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert set(r["runs"]) == {"no_checkpointing", "no_checkpointing_cached_vit", "checkpointing",
-                              "checkpointing_cached_vit"}
-    assert all(v["samples_per_s"] > 0 for v in r["runs"].values())
+    order = ["no_checkpointing", "no_checkpointing_cached_vit", "checkpointing", "checkpointing_cached_vit"]
+    assert list(r["runs"]) == order
+    # The variants train one model in turn, each ending on the same batch, so that batch's loss falls from one
+    # variant to the next (6.59, 6.56, 6.54, 6.51 measured); a NaN, or checkpointing that cuts the gradients
+    # (both checkpointing variants would then leave the model as it was), breaks the fall.
+    losses = [r["runs"][name]["loss"] for name in order]
+    assert all(a > b for a, b in zip(losses, losses[1:])), r["runs"]
 
 
 def test_gpu_train_step_builds_once_in_the_target_dtype(tmp_path):

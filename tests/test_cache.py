@@ -27,10 +27,11 @@ from reg2rg.transforms import (
 )
 from reg2rg.errors import InputError
 
-from conftest import SHARED_DATA as DATA
+from conftest import SHARED_DATA as DATA, needs_fixtures
 
 TS = DATA / "totalseg-chest-crop"
 CIP = DATA / "cip-ct64"
+pytestmark = needs_fixtures(TS, CIP)
 
 MEDIASTINUM, BONE, LUNG = (REGIONS.index(r) for r in ("mediastinum", "bone", "lung"))
 SIZE = (48, 40, 24)        # (x, y, z), small: the tests stay fast

@@ -167,11 +167,15 @@ def test_oblique_image_is_resampled_onto_an_axis_aligned_grid():
 def test_bench_ingest_runs_small(tmp_path):
     from reg2rg.bench import bench_ingest
 
-    result = bench_ingest(shape=(48, 40, 12), repeats=1, workdir=tmp_path)
+    result = bench_ingest(shape=(48, 40, 12), repeats=3, workdir=tmp_path)
     for key in ("ingest_seconds", "plain_read_seconds", "ratio", "shape", "spacing", "target_spacing",
                 "cpu_count", "reg2rg_version"):
         assert key in result
-    assert result["shape"] == [48, 40, 12] and result["ingest_seconds"] > 0 and result["ratio"] > 0
+    # 0.703 x 0.703 x 1 mm to 1 x 1 x 3 mm: the same extent in fewer voxels
+    assert result["shape"] == [48, 40, 12] and result["output_shape"] == [34, 28, 4]
+    # the whole ingest process against a plain read in the same run: 1.3x measured at this size (start-up
+    # dominates), 1.9x at 512 x 512 x 300; the goal (at most 3x) holds here too
+    assert result["ratio"] <= 3, result
 
 
 # ------------------------------------------------------------------------------------------ CT-RATE

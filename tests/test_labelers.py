@@ -1,6 +1,5 @@
 """Report labelers: the rules labeler on phrasing cases and on held-out real reports with manual labels,
 the CT-CLIP RadBERT classifier on a tiny random RoBERTa in the published state-dict layout, `reg2rg label`."""
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -19,9 +19,10 @@ from reg2rg.masks import (
     unpack_label_map,
 )
 
-from conftest import SHARED_DATA as DATA
+from conftest import SHARED_DATA as DATA, needs_fixtures
 TS = DATA / "totalseg-chest-crop"
 CIP = DATA / "cip-ct64"
+pytestmark = needs_fixtures(TS, CIP)
 
 HEART, LUNG, ABDOMEN, BONE = (REGIONS.index(r) for r in ("heart", "lung", "abdomen", "bone"))
 

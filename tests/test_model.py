@@ -304,7 +304,7 @@ class _RadFMPatchEmbedding(nn.Module):
         self.p = p
 
     def forward(self, x):
-        (p1, p2, pf), (b, c, H, W, F) = self.p, x.shape
+        (p1, p2, pf), (b, _, H, W, F) = self.p, x.shape
         rows = []
         for i in range(H // p1):
             for j in range(W // p2):

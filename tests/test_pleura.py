@@ -4,21 +4,19 @@ CT with a real lung mask it is tissue, not air, and holds a simulated effusion; 
 default prompts do not ask SAT for pleura and the imported pleura is the derivation, voxel for voxel."""
 from __future__ import annotations
 
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_fixtures
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError
 from reg2rg.segment import sat
 from reg2rg.segment.derived import PLEURA_MARGIN_MM, body_mask, pleural_space
 
 CIP = SHARED_DATA / "cip-ct64"
+needs_cip = needs_fixtures(CIP)
 
 
 def test_margin_is_in_mm_on_an_anisotropic_grid():
@@ -83,6 +81,7 @@ def _cip():
     return sitk.GetArrayFromImage(ct).astype(np.float32), lungs, ct.GetSpacing()[::-1]
 
 
+@needs_cip
 def test_on_a_real_chest_ct_the_shell_is_tissue_and_holds_an_effusion():
     """cip-ct64 (4.17 x 4.17 x 3.99 mm, real lung mask; the contrast fixture has no lung mask): the 20 mm shell
     lies in the body, is tissue rather than air, and contains a simulated posterior effusion of 15 mm."""
@@ -153,6 +152,7 @@ def test_default_prompts_do_not_ask_sat_for_pleura():
     assert sat.derived_regions({"heart": ["heart"]}) == ("pleura",)
 
 
+@needs_cip
 def test_sat_import_derives_the_pleura_from_the_lung_lobes(cip_sat, tmp_path):
     from reg2rg.masks import read_region_masks
 
@@ -175,6 +175,7 @@ def test_sat_import_derives_the_pleura_from_the_lung_lobes(cip_sat, tmp_path):
     assert "heart" in info["derived"]["excluded"] and "lung" not in info["derived"]["excluded"]
 
 
+@needs_cip
 def test_the_pleura_margin_is_the_configured_one(cip_sat, tmp_path):
     """segmentation.pleura_margin_mm reaches the shell and the sidecar (rule sat_import_shard passes it)."""
     from reg2rg.masks import read_region_masks
@@ -192,6 +193,7 @@ def test_the_pleura_margin_is_the_configured_one(cip_sat, tmp_path):
     assert not (shells[10.0] & ~shells[None]).any() and 0 < shells[10.0].sum() < 0.7 * shells[None].sum()
 
 
+@needs_cip
 def test_a_users_pleura_prompt_or_empty_list_is_kept(cip_sat, tmp_path):
     from reg2rg.masks import read_region_masks
 

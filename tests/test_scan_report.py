@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_fixtures
 from reg2rg.cli import main
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
@@ -23,6 +23,7 @@ from reg2rg.viewer import REGION_COLORS
 
 CIP = SHARED_DATA / "cip-ct64"
 DICOM = CIP / "ct-64Dicom"
+pytestmark = needs_fixtures(CIP)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPORTS = [
     "The lungs are clear. No nodule. No pleural effusion.",

@@ -12,13 +12,14 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_fixtures
 from test_ctrg import FAKE_SAT_INFERENCE, biolord_standin
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.segment.sat import SAT_DEFAULTS, sat_command, run_sat_case
 
 CT = SHARED_DATA / "cip-ct64" / "ct-64.nrrd"
+pytestmark = needs_fixtures(CT)
 PROMPTS = {"heart": ["heart"], "bone": ["sternum", "rib 1"], "abdomen": ["liver"]}
 
 

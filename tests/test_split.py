@@ -29,9 +29,10 @@ from reg2rg.split.table import split_report_table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_standin import StandinServer  # noqa: E402
 
-from conftest import SHARED_DATA as SHARED
+from conftest import SHARED_DATA as SHARED, needs_fixtures
 
 CT_RATE_REPORTS = SHARED / "ct-clip-reports" / "train.csv"
+needs_reports = needs_fixtures(CT_RATE_REPORTS)
 
 REPORT = ("Trachea and both main bronchi are open. The heart is enlarged (cardiomegaly). "
           "A 6 mm solid nodule is seen in the upper lobe of the right lung. No pleural effusion is seen. "
@@ -308,6 +309,7 @@ def test_rules_splitter_on_demo_reports_recovers_the_region_texts():
     assert right / total >= 0.97, (right, total)
 
 
+@needs_reports
 def test_rules_splitter_on_real_ct_rate_sentences():
     df = pd.read_csv(CT_RATE_REPORTS, nrows=120)
     counts: Counter = Counter()
@@ -377,6 +379,7 @@ def _no_region_report(df: pd.DataFrame) -> str:
 
 
 @pytest.mark.parametrize("kind", ["rules", "llm"])
+@needs_reports
 def test_report_without_region_sentence_is_marked_and_counted(kind, caplog):
     from reg2rg.split.table import PROBLEM_NO_REGION_TEXT
 
@@ -401,6 +404,7 @@ def test_report_without_region_sentence_is_marked_and_counted(kind, caplog):
     assert "2 ok, 1 no_region_text, 1 empty, 0 failed" in caplog.text
 
 
+@needs_reports
 def test_duplicate_report_ids_are_refused_naming_them(tmp_path, caplog):
     from reg2rg.cli import main
     from reg2rg.errors import InputError

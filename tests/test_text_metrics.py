@@ -1,7 +1,6 @@
 """Text metrics: the reg2rg protocol rebuilt on sacrebleu / rouge_score / nltk, checked on hand-computed
 cases, and the coco protocol through pycocoevalcap (Java; one shared run per module)."""
 import math
-import os
 
 import numpy as np
 import pytest

@@ -188,7 +188,7 @@ def test_batch_regions_follow_the_prompt_order(tok):
 def test_input_layout_reaches_the_batch_the_run_and_the_feature_cache(tok, tmp_path):
     from reg2rg.dataset import to_input_layout
     from reg2rg.model import build_model
-    from reg2rg.train import _fingerprint
+    from reg2rg.train import run_fingerprint
     from reg2rg.vit_features import cache_vit_features
 
     cfg = small_config(freeze_vit=True)
@@ -205,7 +205,7 @@ def test_input_layout_reaches_the_batch_the_run_and_the_feature_cache(tok, tmp_p
     assert torch.equal(b_lps["input_ids"], b_ras["input_ids"])
     # The run: another layout is another run (its checkpoints are not resumed).
     ids = [it["case_id"] for it in items]
-    assert _fingerprint(cfg, TrainingConfig(), ids, tok, 1) != _fingerprint(ras, TrainingConfig(), ids, tok, 1)
+    assert run_fingerprint(cfg, TrainingConfig(), ids, tok, 1) != run_fingerprint(ras, TrainingConfig(), ids, tok, 1)
     # The frozen-ViT feature cache: files of one layout are kept for it and computed again for the other.
     torch.manual_seed(0)
     visual = build_model(cfg, tok).visual.eval()

@@ -12,7 +12,7 @@ import yaml
 
 from reg2rg.weights import check_weights
 from test_labelers import tiny_radbert  # noqa: F401 - a fixture
-from test_model import PAPER_SMALL, SMALL_LLAMA, save_tiny_llm, tok, tok_dir, write_radfm_files  # noqa: F401
+from test_model import PAPER_SMALL, save_tiny_llm, tok, tok_dir, write_radfm_files  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

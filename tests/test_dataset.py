@@ -1,5 +1,7 @@
-"""Model-ready transforms: normalisation, exact area resizing, the stored sums round trip, the dataset's region
-choice and the visual collate."""
+"""The dataset (reg2rg.dataset): the region choice of Reg2RGDataset on a cache of real files, its items against
+the direct transforms, the region shuffle, the visual collate (also in a DataLoader worker), padding to the
+longest sequence, the axis permute to the model's input layout, and a CT-RATE v1 file through ingest, masks and
+cache to the model input in both layouts."""
 from __future__ import annotations
 
 
@@ -8,125 +10,31 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from reg2rg.cache import cache_scan
-from reg2rg.constants import OUTSIDE_HU, REGIONS
+from reg2rg.constants import REGIONS
 from reg2rg.dataset import Reg2RGDataset, collate_visual, pad_to_longest, to_input_layout
 from reg2rg.transforms import (
-    bbox,
     body_box,
-    box_start_size,
-    geometry_counts,
-    geometry_from_counts,
-    global_from_sums,
     global_input,
-    global_sums,
-    normalize_hu,
     region_geometry_input,
     region_lfd_off_input,
     region_texture_input,
-    resize_area,
     size_zyx,
 )
 
-from conftest import SHARED_DATA as DATA
+from conftest import SHARED_DATA as DATA, needs_fixtures
 
 TS = DATA / "totalseg-chest-crop"
+needs_ts = needs_fixtures(TS)
 
 MEDIASTINUM, BONE, THYROID, LUNG = (REGIONS.index(r) for r in ("mediastinum", "bone", "thyroid", "lung"))
 SIZE = (40, 36, 20)  # (x, y, z): downsamples the 120 x 126 x 164 scan, upsamples small region crops
 
 
-def _area(a, size) -> torch.Tensor:
-    """The reference: torch's own area interpolation in float64."""
-    t = torch.as_tensor(np.asarray(a), dtype=torch.float64)[None, None]
-    return F.interpolate(t, size=size_zyx(size), mode="area")[0, 0]
-
-
-def _unit(t):
-    return (torch.clamp(t, -1000, 200) + 400) / 600
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Pure functions
+# Padding and the axis permute
 # --------------------------------------------------------------------------------------------------------------
-
-def test_normalize_hu_maps_the_window_to_unit_range():
-    hu = np.array([-3024, -1024, -1000, -400, 0, 200, 1500], dtype=np.int16)
-    out = normalize_hu(hu)
-    assert out.dtype == np.float32
-    assert out[2] == -1.0 and out[5] == 1.0 and out[3] == 0.0
-    assert out[0] == out[1] == -1.0 and out[6] == 1.0  # clamped
-    assert out[4] == pytest.approx(400 / 600)
-    t = normalize_hu(torch.tensor(hu))
-    assert t.dtype == torch.float32 and torch.equal(t, torch.from_numpy(out))
-
-
-@pytest.mark.parametrize("shape, size", [
-    ((20, 30, 40), (17, 33, 11)),      # x down, y up, z down
-    ((7, 5, 3), (64, 48, 16)),         # all up, non-integer ratios
-    ((100, 90, 31), (64, 64, 16)),     # all down
-    ((16, 64, 64), (64, 64, 16)),      # identity
-    ((70, 200, 9), (256, 130, 64)),    # long axis banded, short axis dense
-])
-def test_resize_area_equals_torch_area_interpolation(shape, size):
-    a = np.random.default_rng(0).normal(0, 300, shape).astype(np.float32)
-    out = resize_area(a, size)
-    assert out.shape == size_zyx(size) and out.dtype == torch.float32
-    assert torch.allclose(out.double(), _area(a, size), atol=2e-4, rtol=1e-6)
-
-
-def test_geometry_of_a_boxed_mask_equals_full_frame_resize():
-    rng = np.random.default_rng(1)
-    mask = np.zeros((37, 90, 110), dtype=bool)
-    mask[5:20, 30:61, 12:50] = rng.random((15, 31, 38)) > 0.3
-    size = (48, 40, 24)
-    ref = _area(mask.astype(np.float64), size)
-    geo = region_geometry_input(mask, size)
-    assert geo.shape == (1,) + size_zyx(size)
-    assert torch.allclose(geo[0].double(), ref, atol=1e-6)
-    # the cache's integer counts give the same numbers
-    box = bbox(mask)
-    start, _ = box_start_size(box)
-    counts, out_start = geometry_counts(mask[box], mask.shape, start, size)
-    assert np.issubdtype(counts.dtype, np.integer)
-    assert torch.allclose(geometry_from_counts(counts, out_start, mask.shape, size_zyx(size)).double(), ref, atol=1e-6)
-    assert not region_geometry_input(np.zeros_like(mask), size).any()
-
-
-def test_global_sums_round_trip_equals_direct_global_input():
-    ct = np.full((30, 80, 90), -1024, dtype=np.int16)
-    ct[3:28, 10:70, 5:85] = np.random.default_rng(2).integers(-1010, 1800, (25, 60, 80))
-    for size in [(32, 40, 12), (128, 96, 40)]:
-        direct = global_input(ct, size)
-        body = ct[body_box(ct)]
-        ref = _unit(_area(body.astype(np.float64), size))
-        assert torch.allclose(direct[0].double(), ref, atol=1e-6)
-        sums = global_sums(body, size)
-        assert np.issubdtype(sums.dtype, np.integer)
-        assert torch.allclose(global_from_sums(sums, body.shape, size_zyx(size)).double(), ref, atol=1e-6)
-
-
-def test_texture_and_lfd_off_inputs_match_their_definitions():
-    rng = np.random.default_rng(3)
-    ct = rng.integers(-1100, 1500, (24, 50, 60)).astype(np.int16)
-    mask = np.zeros(ct.shape, dtype=bool)
-    mask[4:15, 10:30, 20:41] = True
-    mask[4:15, 10:30, 20] = False
-    ct[mask & (np.arange(60) >= 38)[None, None, :]] = -1010  # in-mask voxels below -1000 HU leave the crop
-    size = (32, 24, 16)
-    masked = np.where(mask, ct, OUTSIDE_HU).astype(np.float64)
-    crop = bbox(mask & (ct > -1000))
-    assert crop[2].stop < 41
-    tex = region_texture_input(ct, mask, None, size)
-    assert torch.allclose(tex[0].double(), _unit(_area(masked[crop], size)), atol=1e-6)
-    assert torch.equal(tex, region_texture_input(ct, mask, crop, size))
-    off = region_lfd_off_input(ct, mask, size)
-    assert torch.allclose(off[0].double(), _unit(_area(masked, size)), atol=1e-6)
-    with pytest.raises(ValueError, match="no voxel above"):
-        region_texture_input(ct, np.zeros_like(mask), None, size)
-
 
 def test_pad_to_longest_pads_to_the_batch_not_to_2048():
     ids, mask = pad_to_longest([[5, 6, 7], [8]], pad_value=0)
@@ -171,6 +79,11 @@ def _manifest_row(case, volume, mask, texts, usable, status="included", reason="
     }
 
 
+def _two_regions(cached, texts) -> pd.DataFrame:
+    """A manifest of the cached scan with mediastinum and bone usable."""
+    return pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts, ["mediastinum", "bone"])])
+
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
     """ct_cropped with aorta (as mediastinum), vertebrae_T12 (bone) and an all-air thyroid; cached at SIZE."""
@@ -194,6 +107,7 @@ def cached(tmp_path_factory):
     return {"dir": cache_dir, "ct": ct, "aorta": aorta, "t12": t12, "mask": mask_path}
 
 
+@needs_ts
 def test_dataset_leaves_out_regions_without_text_or_with_empty_mask(cached):
     texts = [None] * len(REGIONS)
     texts[MEDIASTINUM] = "Aortic arch calcification."
@@ -230,10 +144,9 @@ def test_dataset_leaves_out_regions_without_text_or_with_empty_mask(cached):
     assert len(lonely) == 0 and lonely.skipped[0][0] == "ts"
 
 
+@needs_ts
 def test_dataset_items_equal_the_direct_transform(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     item = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
     ct = cached["ct"]
     body = body_box(ct)
@@ -247,10 +160,9 @@ def test_dataset_items_equal_the_direct_transform(cached):
         Reg2RGDataset(manifest, cached["dir"], (64, 64, 16))
 
 
+@needs_ts
 def test_shuffled_regions_keep_texts_and_tensors_together(cached):
-    texts = [f"text {i}" for i in range(len(REGIONS))]
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, [f"text {i}" for i in range(len(REGIONS))])
     plain = Reg2RGDataset(manifest, cached["dir"], SIZE)[0]
     ds = Reg2RGDataset(manifest, cached["dir"], SIZE, shuffle_regions=True)
     torch.manual_seed(0)
@@ -266,10 +178,9 @@ def test_shuffled_regions_keep_texts_and_tensors_together(cached):
     assert len(orders) == 2
 
 
+@needs_ts
 def test_collate_handles_different_region_counts(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     two = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)[0]
     one = {**two, "case_id": "other", "regions": two["regions"][1:], "texture": two["texture"][1:],
            "geometry": two["geometry"][1:], "region_texts": two["region_texts"][1:], "report": None}
@@ -290,10 +201,9 @@ def test_collate_handles_different_region_counts(cached):
         collate_visual([two], tokenize=lambda items: {"texture": torch.zeros(1)})
 
 
+@needs_ts
 def test_collate_in_a_dataloader_worker_uses_shared_memory(cached):
-    texts = ["t"] * len(REGIONS)
-    manifest = pd.DataFrame([_manifest_row("ts", TS / "ct_cropped.nii.gz", cached["mask"], texts,
-                                           ["mediastinum", "bone"])])
+    manifest = _two_regions(cached, ["t"] * len(REGIONS))
     ds = Reg2RGDataset(manifest, cached["dir"], SIZE, text=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_visual)
     batch = next(iter(loader))
