@@ -59,7 +59,7 @@ def _add_demo_data(sub):
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="nominal volume size in voxels (x y z); scans vary around it")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(run=_call("reg2rg.demo:cli"))
+    p.set_defaults(run=_call("reg2rg.demo.writers:cli"))
     _paths(p, writes=["--out"])
 
 
