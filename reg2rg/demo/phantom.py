@@ -120,9 +120,9 @@ class _Frame:
         self.t = (self.w / self.span + 0.5 + t_shift).astype(np.float32)
         self.spacing_zyx = (sz, sy, sx)
 
-    def w_at(self, t: float) -> float:
+    def w_at(self, height: float) -> float:
         """w (mm) of anatomical height t."""
-        return (t - self.t_shift - 0.5) * self.span
+        return (height - self.t_shift - 0.5) * self.span
 
     def zeros(self) -> np.ndarray:
         return np.zeros(self.shape, dtype=bool)
@@ -142,39 +142,39 @@ class _Frame:
         """(u, v, w) broadcastable arrays restricted to a box."""
         return (self.u1[sl[2]][None, None, :], self.v1[sl[1]][None, :, None], self.w1[sl[0]][:, None, None])
 
-    def index_of(self, p: Sequence[float]) -> tuple[int, int, int]:
+    def index_of(self, point: Sequence[float]) -> tuple[int, int, int]:
         """Nearest voxel (z, y, x) of a point (u, v, w), clipped into the grid."""
-        return tuple(int(np.clip(np.abs(axis - c).argmin(), 0, len(axis) - 1))
-                     for axis, c in ((self.w1, p[2]), (self.v1, p[1]), (self.u1, p[0])))
+        return tuple(int(np.clip(np.abs(axis - coordinate).argmin(), 0, len(axis) - 1))
+                     for axis, coordinate in ((self.w1, point[2]), (self.v1, point[1]), (self.u1, point[0])))
 
     def point_of(self, idx: Sequence[int]) -> tuple[float, float, float]:
         """(u, v, w) of voxel (z, y, x)."""
         return float(self.u1[idx[2]]), float(self.v1[idx[1]]), float(self.w1[idx[0]])
 
 
-def _ellipsoid(f: _Frame, center: Sequence[float], semi: Sequence[float]) -> np.ndarray:
+def _ellipsoid(frame: _Frame, center: Sequence[float], semi: Sequence[float]) -> np.ndarray:
     """Voxels inside an axis-aligned ellipsoid (centre and semi-axes in mm, u v w)."""
-    out = f.zeros()
+    out = frame.zeros()
     semi = [max(float(s), 1e-3) for s in semi]
-    sl = f.box([c - s for c, s in zip(center, semi)], [c + s for c, s in zip(center, semi)])
+    sl = frame.box([mid - s for mid, s in zip(center, semi)], [mid + s for mid, s in zip(center, semi)])
     if sl is None:
         return out
-    u, v, w = f.sub(sl)
+    u, v, w = frame.sub(sl)
     out[sl] = ((u - center[0]) / semi[0]) ** 2 + ((v - center[1]) / semi[1]) ** 2 \
         + ((w - center[2]) / semi[2]) ** 2 <= 1.0
     return out
 
 
-def _tube(f: _Frame, points: Sequence[Sequence[float]], radius: float | Sequence[float]) -> np.ndarray:
+def _tube(frame: _Frame, points: Sequence[Sequence[float]], radius: float | Sequence[float]) -> np.ndarray:
     """Voxels within `radius` mm of a polyline through `points` (u, v, w); one radius per segment allowed."""
-    out = f.zeros()
+    out = frame.zeros()
     pts = np.asarray(points, dtype=np.float64)
     radii = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(pts) - 1,))
     for p0, p1, r in zip(pts[:-1], pts[1:], radii):
-        sl = f.box(np.minimum(p0, p1) - r, np.maximum(p0, p1) + r)
+        sl = frame.box(np.minimum(p0, p1) - r, np.maximum(p0, p1) + r)
         if sl is None:
             continue
-        u, v, w = f.sub(sl)
+        u, v, w = frame.sub(sl)
         seg = p1 - p0
         seg2 = float(seg @ seg) or 1e-9
         du, dv, dw = u - p0[0], v - p0[1], w - p0[2]
@@ -184,16 +184,16 @@ def _tube(f: _Frame, points: Sequence[Sequence[float]], radius: float | Sequence
     return out
 
 
-def _all_slices(f: _Frame, mask_yx: np.ndarray) -> np.ndarray:
+def _all_slices(frame: _Frame, mask_yx: np.ndarray) -> np.ndarray:
     """A mask over (y, x) repeated on every slice."""
-    return np.broadcast_to(mask_yx, f.shape).copy()
+    return np.broadcast_to(mask_yx, frame.shape).copy()
 
 
-def _elliptic_cylinder(f: _Frame, center_uv: Sequence[float], semi_uv: Sequence[float],
+def _elliptic_cylinder(frame: _Frame, center_uv: Sequence[float], semi_uv: Sequence[float],
                        t_range: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
     """Voxels inside an elliptic cylinder along z, between anatomical heights t_range."""
-    inside = ((f.u - center_uv[0]) / semi_uv[0]) ** 2 + ((f.v - center_uv[1]) / semi_uv[1]) ** 2 <= 1.0
-    return inside & (f.t >= t_range[0]) & (f.t <= t_range[1])
+    inside = ((frame.u - center_uv[0]) / semi_uv[0]) ** 2 + ((frame.v - center_uv[1]) / semi_uv[1]) ** 2 <= 1.0
+    return inside & (frame.t >= t_range[0]) & (frame.t <= t_range[1])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ class _Anatomy:
     breast_semi_v: float
 
 
-def _draw_anatomy(rng: np.random.Generator, f: _Frame, fov: tuple[float, float]) -> _Anatomy:
+def _draw_anatomy(rng: np.random.Generator, frame: _Frame, fov: tuple[float, float]) -> _Anatomy:
     a = 0.45 * fov[0] * rng.uniform(0.9, 1.0)
     b = 0.37 * fov[1] * rng.uniform(0.9, 1.0)
     k = a / 160.0
@@ -254,10 +254,10 @@ def _draw_anatomy(rng: np.random.Generator, f: _Frame, fov: tuple[float, float])
     aorta_r = max(12.0 * k, 3.0)
     dome_r = rng.uniform(0.26, 0.32)
     carina_t = rng.uniform(0.58, 0.64)
-    heart_semi = (0.42 * ac, 0.48 * bc, 0.15 * f.span)
+    heart_semi = (0.42 * ac, 0.48 * bc, 0.15 * frame.span)
     heart_center = (0.16 * ac + rng.uniform(-0.03, 0.03) * ac,
                     cav_v - 0.3 * bc + rng.uniform(-0.03, 0.03) * bc,
-                    f.w_at(rng.uniform(0.34, 0.39)))
+                    frame.w_at(rng.uniform(0.34, 0.39)))
     sex = "F" if rng.random() < 0.5 else "M"
     return _Anatomy(
         sex=sex, a=a, b=b, fat=fat, muscle=muscle, rib=rib, cav_v=cav_v, ac=ac, bc=bc,
@@ -277,11 +277,11 @@ def _draw_anatomy(rng: np.random.Generator, f: _Frame, fov: tuple[float, float])
 class _Canvas:
     """The HU volume and the region label map being painted; later paint wins."""
 
-    def __init__(self, f: _Frame, rng: np.random.Generator):
-        self.f = f
+    def __init__(self, frame: _Frame, rng: np.random.Generator):
+        self.frame = frame
         self.rng = rng
-        self.hu = np.full(f.shape, float(HU_AIR), dtype=np.float32)
-        self.label = np.zeros(f.shape, dtype=np.int8)
+        self.hu = np.full(frame.shape, float(HU_AIR), dtype=np.float32)
+        self.label = np.zeros(frame.shape, dtype=np.int8)
 
     def paint(self, mask: np.ndarray, hu: float | np.ndarray, region: str | None | bool = False,
               jitter: float = 0.0) -> None:
@@ -299,107 +299,107 @@ class _Canvas:
         return self.label == _LABEL_OF[name]
 
 
-def _diaphragm_w(f: _Frame, an: _Anatomy) -> np.ndarray:
+def _diaphragm_w(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
     """w of the diaphragm surface over (v, u): two domes, deepest in the posterior costophrenic recesses."""
     domes = []
     for side, s in (("right", -1.0), ("left", 1.0)):
-        du = (f.u[0] - s * 0.45 * an.ac) / an.ac
-        dv = (f.v[0] - an.cav_v - 0.05 * an.bc) / an.bc
-        domes.append(f.w_at(an.dome_t[side]) - 0.22 * f.span * (du ** 2 + dv ** 2))
+        du = (frame.u[0] - s * 0.45 * anatomy.ac) / anatomy.ac
+        dv = (frame.v[0] - anatomy.cav_v - 0.05 * anatomy.bc) / anatomy.bc
+        domes.append(frame.w_at(anatomy.dome_t[side]) - 0.22 * frame.span * (du ** 2 + dv ** 2))
     return np.maximum(domes[0], domes[1])[None]
 
 
-def _body(f: _Frame, an: _Anatomy) -> np.ndarray:
-    return _elliptic_cylinder(f, (0.0, 0.0), (an.a, an.b)) | _breast_volume(f, an)
+def _body(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
+    return _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a, anatomy.b)) | _breast_volume(frame, anatomy)
 
 
-def _breast_volume(f: _Frame, an: _Anatomy) -> np.ndarray:
+def _breast_volume(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
     """Both breasts: ellipsoids on the anterior chest wall (larger when the phantom is female)."""
-    out = f.zeros()
-    semi_u = (0.26 if an.sex == "F" else 0.18) * an.a
+    out = frame.zeros()
+    semi_u = (0.26 if anatomy.sex == "F" else 0.18) * anatomy.a
     for s in (-1.0, 1.0):
-        cu = s * 0.48 * an.a
-        cv = -an.b * np.sqrt(1 - 0.48 ** 2)
-        out |= _ellipsoid(f, (cu, cv, f.w_at(0.45)), (semi_u, an.breast_semi_v, 0.13 * f.span))
-    return out & (f.v < 0)
+        cu = s * 0.48 * anatomy.a
+        cv = -anatomy.b * np.sqrt(1 - 0.48 ** 2)
+        out |= _ellipsoid(frame, (cu, cv, frame.w_at(0.45)), (semi_u, anatomy.breast_semi_v, 0.13 * frame.span))
+    return out & (frame.v < 0)
 
 
-def _paint_table(c: _Canvas, an: _Anatomy) -> None:
+def _paint_table(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """The scanner table: a curved plate under the patient (no region)."""
-    f = c.f
-    curve = an.b + 3.0 + 0.1 * (f.u / an.a) ** 2 * an.b
-    plate = _all_slices(f, (f.v >= curve) & (f.v <= curve + 3.0) & (np.abs(f.u) < 1.05 * an.a))
-    c.paint(plate, HU_TABLE, None, jitter=20)
+    frame = canvas.frame
+    curve = anatomy.b + 3.0 + 0.1 * (frame.u / anatomy.a) ** 2 * anatomy.b
+    plate = _all_slices(frame, (frame.v >= curve) & (frame.v <= curve + 3.0) & (np.abs(frame.u) < 1.05 * anatomy.a))
+    canvas.paint(plate, HU_TABLE, None, jitter=20)
 
 
-def _paint_body_wall(c: _Canvas, an: _Anatomy) -> None:
+def _paint_body_wall(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Skin and subcutaneous fat, then the chest wall muscles (no region: the body wall)."""
-    f = c.f
-    c.paint(_body(f, an), HU_FAT, None, jitter=8)
-    muscle = _elliptic_cylinder(f, (0.0, 0.0), (an.a - an.fat, an.b - an.fat))
-    c.paint(muscle, HU_MUSCLE, None, jitter=6)
+    frame = canvas.frame
+    canvas.paint(_body(frame, anatomy), HU_FAT, None, jitter=8)
+    muscle = _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a - anatomy.fat, anatomy.b - anatomy.fat))
+    canvas.paint(muscle, HU_MUSCLE, None, jitter=6)
 
 
-def _paint_cavity(c: _Canvas, an: _Anatomy, below: np.ndarray) -> np.ndarray:
+def _paint_cavity(canvas: _Canvas, anatomy: _Anatomy, below: np.ndarray) -> np.ndarray:
     """The thoracic cavity filled with mediastinal fat (central part labelled mediastinum); returns it."""
-    f = c.f
-    cavity = _elliptic_cylinder(f, (0.0, an.cav_v), (an.ac, an.bc))
-    central = cavity & ~below & (np.abs(f.u) < 0.35 * an.ac)
-    c.paint(cavity & ~below, HU_SOFT_TISSUE, None, jitter=6)
-    c.paint(central, HU_MEDIASTINAL_FAT, "mediastinum", jitter=8)
+    frame = canvas.frame
+    cavity = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac, anatomy.bc))
+    central = cavity & ~below & (np.abs(frame.u) < 0.35 * anatomy.ac)
+    canvas.paint(cavity & ~below, HU_SOFT_TISSUE, None, jitter=6)
+    canvas.paint(central, HU_MEDIASTINAL_FAT, "mediastinum", jitter=8)
     return cavity
 
 
-def _paint_abdomen(c: _Canvas, an: _Anatomy, cavity: np.ndarray, below: np.ndarray) -> None:
+def _paint_abdomen(canvas: _Canvas, anatomy: _Anatomy, cavity: np.ndarray, below: np.ndarray) -> None:
     """Upper abdomen under the diaphragm: fat, liver (right), stomach with an air-fluid level and spleen (left)."""
-    f = c.f
+    frame = canvas.frame
     abdomen = cavity & below
-    c.paint(abdomen, HU_FAT, "abdomen", jitter=8)
-    liver = abdomen & (f.u < 0.15 * an.ac + 0.1 * (f.v - an.cav_v))
-    c.paint(liver, HU_LIVER, "abdomen", jitter=5)
-    dome_l = f.w_at(an.dome_t["left"])
-    st_c = (0.42 * an.ac, an.cav_v - 0.25 * an.bc, dome_l - 0.11 * f.span)
-    st_semi = (0.3 * an.ac, 0.42 * an.bc, 0.12 * f.span)
-    stomach = _ellipsoid(f, st_c, st_semi) & abdomen
-    lumen = _ellipsoid(f, st_c, [s - 2.5 for s in st_semi]) & abdomen
-    c.paint(stomach, HU_SOFT_TISSUE, "abdomen", jitter=5)
-    c.paint(lumen, HU_FLUID, "abdomen", jitter=5)
-    c.paint(lumen & (f.v < st_c[1] - 0.15 * an.bc), HU_AIR, "abdomen", jitter=5)
-    spleen = _ellipsoid(f, (0.68 * an.ac, an.cav_v + 0.5 * an.bc, dome_l - 0.08 * f.span),
-                        (0.2 * an.ac, 0.3 * an.bc, 0.1 * f.span)) & abdomen
-    c.paint(spleen, HU_SPLEEN, "abdomen", jitter=5)
+    canvas.paint(abdomen, HU_FAT, "abdomen", jitter=8)
+    liver = abdomen & (frame.u < 0.15 * anatomy.ac + 0.1 * (frame.v - anatomy.cav_v))
+    canvas.paint(liver, HU_LIVER, "abdomen", jitter=5)
+    dome_l = frame.w_at(anatomy.dome_t["left"])
+    st_c = (0.42 * anatomy.ac, anatomy.cav_v - 0.25 * anatomy.bc, dome_l - 0.11 * frame.span)
+    st_semi = (0.3 * anatomy.ac, 0.42 * anatomy.bc, 0.12 * frame.span)
+    stomach = _ellipsoid(frame, st_c, st_semi) & abdomen
+    lumen = _ellipsoid(frame, st_c, [s - 2.5 for s in st_semi]) & abdomen
+    canvas.paint(stomach, HU_SOFT_TISSUE, "abdomen", jitter=5)
+    canvas.paint(lumen, HU_FLUID, "abdomen", jitter=5)
+    canvas.paint(lumen & (frame.v < st_c[1] - 0.15 * anatomy.bc), HU_AIR, "abdomen", jitter=5)
+    spleen = _ellipsoid(frame, (0.68 * anatomy.ac, anatomy.cav_v + 0.5 * anatomy.bc, dome_l - 0.08 * frame.span),
+                        (0.2 * anatomy.ac, 0.3 * anatomy.bc, 0.1 * frame.span)) & abdomen
+    canvas.paint(spleen, HU_SPLEEN, "abdomen", jitter=5)
 
 
-def _lung_space(f: _Frame, an: _Anatomy, cavity: np.ndarray, below: np.ndarray) -> dict[str, np.ndarray]:
+def _lung_space(frame: _Frame, anatomy: _Anatomy, cavity: np.ndarray, below: np.ndarray) -> dict[str, np.ndarray]:
     """The space each lung (with its pleura) takes before mediastinal structures are carved out."""
     out = {}
     apex_t = 0.97
-    rz = (apex_t - 0.45) * f.span
+    rz = (apex_t - 0.45) * frame.span
     for side, s in (("right", -1.0), ("left", 1.0)):
-        core = _ellipsoid(f, (s * 0.5 * an.ac, an.cav_v, f.w_at(0.45)), (0.62 * an.ac, 1.05 * an.bc, rz))
-        medial = an.mediastinum_half * (1.0 + 0.6 * ((f.v - an.cav_v) / an.bc) ** 2)  # concave medial border
-        out[side] = core & cavity & ~below & (s * f.u > medial)
+        core = _ellipsoid(frame, (s * 0.5 * anatomy.ac, anatomy.cav_v, frame.w_at(0.45)), (0.62 * anatomy.ac, 1.05 * anatomy.bc, rz))
+        medial = anatomy.mediastinum_half * (1.0 + 0.6 * ((frame.v - anatomy.cav_v) / anatomy.bc) ** 2)  # concave medial border
+        out[side] = core & cavity & ~below & (s * frame.u > medial)
     return out
 
 
-def _paint_lungs(c: _Canvas, an: _Anatomy, space: dict[str, np.ndarray]) -> None:
+def _paint_lungs(canvas: _Canvas, anatomy: _Anatomy, space: dict[str, np.ndarray]) -> None:
     """Aerated lung, slightly denser posteriorly (dependent), with a little texture."""
-    f = c.f
-    gradient = HU_LUNG + HU_LUNG_DEPENDENT_GRADIENT * np.clip((f.v - an.cav_v) / an.bc, -1, 1) / 2
-    hu = np.broadcast_to(gradient, f.shape).astype(np.float32)
+    frame = canvas.frame
+    gradient = HU_LUNG + HU_LUNG_DEPENDENT_GRADIENT * np.clip((frame.v - anatomy.cav_v) / anatomy.bc, -1, 1) / 2
+    hu = np.broadcast_to(gradient, frame.shape).astype(np.float32)
     for side in ("right", "left"):
-        c.paint(space[side], hu, "lung", jitter=15)
+        canvas.paint(space[side], hu, "lung", jitter=15)
 
 
-def _paint_lung_vessels(c: _Canvas, an: _Anatomy, lungs: np.ndarray) -> None:
+def _paint_lung_vessels(canvas: _Canvas, anatomy: _Anatomy, lungs: np.ndarray) -> None:
     """Branching pulmonary vessels from each hilum, thinning toward the periphery (inside the lungs only)."""
-    f = c.f
-    rng = c.rng
-    vessels = f.zeros()
+    frame = canvas.frame
+    rng = canvas.rng
+    vessels = frame.zeros()
     for s in (-1.0, 1.0):
-        hilum = np.array([s * (an.mediastinum_half + 0.12 * an.ac), an.cav_v + 0.05 * an.bc,
-                          f.w_at(an.carina_t - 0.06)])
-        stack = [(hilum, None, max(3.0 * an.k, 1.6), 0)]
+        hilum = np.array([s * (anatomy.mediastinum_half + 0.12 * anatomy.ac), anatomy.cav_v + 0.05 * anatomy.bc,
+                          frame.w_at(anatomy.carina_t - 0.06)])
+        stack = [(hilum, None, max(3.0 * anatomy.k, 1.6), 0)]
         while stack:
             start, parent_dir, radius, depth = stack.pop()
             n_children = 5 if depth == 0 else 2
@@ -408,220 +408,220 @@ def _paint_lung_vessels(c: _Canvas, an: _Anatomy, lungs: np.ndarray) -> None:
                 if parent_dir is not None:
                     d = d + 1.5 * parent_dir
                 d /= np.linalg.norm(d)
-                length = rng.uniform(0.25, 0.45) * an.ac * (0.7 ** depth)
+                length = rng.uniform(0.25, 0.45) * anatomy.ac * (0.7 ** depth)
                 end = start + d * length
-                vessels |= _tube(f, [start, end], radius)
+                vessels |= _tube(frame, [start, end], radius)
                 if depth < 2:
                     stack.append((end, d, max(radius * 0.65, 0.7), depth + 1))
-    c.paint(vessels & lungs, HU_BLOOD - 20, False, jitter=30)
+    canvas.paint(vessels & lungs, HU_BLOOD - 20, False, jitter=30)
 
 
-def _paint_heart(c: _Canvas, an: _Anatomy, enlarged: float, effusion_mm: float) -> np.ndarray:
+def _paint_heart(canvas: _Canvas, anatomy: _Anatomy, enlarged: float, effusion_mm: float) -> np.ndarray:
     """Heart with pericardium, epicardial fat, myocardium and blood pool; `enlarged` scales it (cardiomegaly),
     `effusion_mm` adds pericardial fluid. Returns the heart's voxels."""
-    f = c.f
-    semi = np.array(an.heart_semi) * enlarged
-    cen = an.heart_center
+    frame = canvas.frame
+    semi = np.array(anatomy.heart_semi) * enlarged
+    cen = anatomy.heart_center
     pericardium = 1.2
     outer = semi + effusion_mm + pericardium
 
     def shell(inset: float) -> np.ndarray:
-        return _ellipsoid(f, cen, np.maximum(outer - inset, 0.5))
+        return _ellipsoid(frame, cen, np.maximum(outer - inset, 0.5))
 
     heart = shell(0.0)
-    c.paint(heart, HU_SOFT_TISSUE - 10, "heart", jitter=5)  # pericardium
+    canvas.paint(heart, HU_SOFT_TISSUE - 10, "heart", jitter=5)  # pericardium
     if effusion_mm > 0:
-        c.paint(shell(pericardium), HU_FLUID, "heart", jitter=5)
+        canvas.paint(shell(pericardium), HU_FLUID, "heart", jitter=5)
     fat = 1.0
-    c.paint(shell(pericardium + effusion_mm), HU_FAT + 20, "heart", jitter=8)  # epicardial fat
-    c.paint(shell(pericardium + effusion_mm + fat), HU_MYOCARDIUM, "heart", jitter=5)
-    c.paint(shell(pericardium + effusion_mm + fat + max(6.0 * an.k, 2.5)), HU_BLOOD, "heart", jitter=5)
+    canvas.paint(shell(pericardium + effusion_mm), HU_FAT + 20, "heart", jitter=8)  # epicardial fat
+    canvas.paint(shell(pericardium + effusion_mm + fat), HU_MYOCARDIUM, "heart", jitter=5)
+    canvas.paint(shell(pericardium + effusion_mm + fat + max(6.0 * anatomy.k, 2.5)), HU_BLOOD, "heart", jitter=5)
     return heart
 
 
-def _aorta_centerline(f: _Frame, an: _Anatomy) -> list[tuple[float, float, float]]:
+def _aorta_centerline(frame: _Frame, anatomy: _Anatomy) -> list[tuple[float, float, float]]:
     """Ascending aorta from the heart, the arch around the left of the trachea, the descending aorta down
     past the diaphragm."""
-    asc, desc = an.aorta_asc_uv, an.aorta_desc_uv
-    w_arch = f.w_at(an.arch_t)
-    mid = (0.5 * (asc[0] + desc[0]) + 0.12 * an.ac, an.trachea_uv[1] - an.trachea_r - an.aorta_r)
-    return [(asc[0], asc[1], an.heart_center[2]), (asc[0], asc[1], w_arch), (mid[0], mid[1], w_arch + 2.0),
-            (desc[0], desc[1], w_arch), (desc[0], desc[1], f.w1[0] - 10.0)]
+    asc, desc = anatomy.aorta_asc_uv, anatomy.aorta_desc_uv
+    w_arch = frame.w_at(anatomy.arch_t)
+    mid = (0.5 * (asc[0] + desc[0]) + 0.12 * anatomy.ac, anatomy.trachea_uv[1] - anatomy.trachea_r - anatomy.aorta_r)
+    return [(asc[0], asc[1], anatomy.heart_center[2]), (asc[0], asc[1], w_arch), (mid[0], mid[1], w_arch + 2.0),
+            (desc[0], desc[1], w_arch), (desc[0], desc[1], frame.w1[0] - 10.0)]
 
 
-def _paint_great_vessels(c: _Canvas, an: _Anatomy, below: np.ndarray) -> list:
+def _paint_great_vessels(canvas: _Canvas, anatomy: _Anatomy, below: np.ndarray) -> list:
     """Aorta and superior vena cava (mediastinum above the diaphragm, abdomen below). Returns the aortic
     centreline."""
-    f = c.f
-    line = _aorta_centerline(f, an)
-    aorta = _tube(f, line, an.aorta_r)
-    c.paint(aorta & ~below, HU_BLOOD, "mediastinum", jitter=5)
-    c.paint(aorta & below, HU_BLOOD, "abdomen", jitter=5)
-    svc_u = an.aorta_asc_uv[0] - an.aorta_r - max(6.0 * an.k, 2.5) - 1.0
-    svc = _tube(f, [(svc_u, an.aorta_asc_uv[1] + 2.0, f.w1[-1] + 5.0),
-                    (svc_u, an.aorta_asc_uv[1] + 2.0, an.heart_center[2] + 0.5 * an.heart_semi[2])],
-                max(6.0 * an.k, 2.5))
-    c.paint(svc, HU_BLOOD, "mediastinum", jitter=5)
+    frame = canvas.frame
+    line = _aorta_centerline(frame, anatomy)
+    aorta = _tube(frame, line, anatomy.aorta_r)
+    canvas.paint(aorta & ~below, HU_BLOOD, "mediastinum", jitter=5)
+    canvas.paint(aorta & below, HU_BLOOD, "abdomen", jitter=5)
+    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.k, 2.5) - 1.0
+    svc = _tube(frame, [(svc_u, anatomy.aorta_asc_uv[1] + 2.0, frame.w1[-1] + 5.0),
+                    (svc_u, anatomy.aorta_asc_uv[1] + 2.0, anatomy.heart_center[2] + 0.5 * anatomy.heart_semi[2])],
+                max(6.0 * anatomy.k, 2.5))
+    canvas.paint(svc, HU_BLOOD, "mediastinum", jitter=5)
     return line
 
 
-def _lymph_node_stations(f: _Frame, an: _Anatomy) -> dict[str, tuple[float, float, float]]:
-    tu, tv = an.trachea_uv
-    r = an.trachea_r
+def _lymph_node_stations(frame: _Frame, anatomy: _Anatomy) -> dict[str, tuple[float, float, float]]:
+    tu, tv = anatomy.trachea_uv
+    r = anatomy.trachea_r
     return {
-        "right paratracheal region": (tu - r - 0.1 * an.ac, tv, f.w_at(an.carina_t + 0.1)),
-        "subcarinal region": (tu, tv + 0.6 * r, f.w_at(an.carina_t - 0.06)),
-        "prevascular region": (an.aorta_asc_uv[0] + 0.05 * an.ac, an.aorta_asc_uv[1] - an.aorta_r - 0.05 * an.bc,
-                               f.w_at(an.arch_t - 0.05)),
-        "aortopulmonary window": (0.14 * an.ac, tv - 0.2 * an.bc, f.w_at(an.arch_t - 0.06)),
+        "right paratracheal region": (tu - r - 0.1 * anatomy.ac, tv, frame.w_at(anatomy.carina_t + 0.1)),
+        "subcarinal region": (tu, tv + 0.6 * r, frame.w_at(anatomy.carina_t - 0.06)),
+        "prevascular region": (anatomy.aorta_asc_uv[0] + 0.05 * anatomy.ac, anatomy.aorta_asc_uv[1] - anatomy.aorta_r - 0.05 * anatomy.bc,
+                               frame.w_at(anatomy.arch_t - 0.05)),
+        "aortopulmonary window": (0.14 * anatomy.ac, tv - 0.2 * anatomy.bc, frame.w_at(anatomy.arch_t - 0.06)),
     }
 
 
-def _paint_lymph_nodes(c: _Canvas, an: _Anatomy, enlarged: bool) -> dict | None:
+def _paint_lymph_nodes(canvas: _Canvas, anatomy: _Anatomy, enlarged: bool) -> dict | None:
     """Small normal mediastinal nodes; with lymphadenopathy, one or two enlarged (short axis 16 to 26 mm)."""
-    f, rng = c.f, c.rng
-    stations = _lymph_node_stations(f, an)
+    frame, rng = canvas.frame, canvas.rng
+    stations = _lymph_node_stations(frame, anatomy)
     names = list(stations)
     for name in names:  # small normal nodes, 3-6 mm
         if rng.random() < 0.6:
             r = rng.uniform(1.5, 3.0)
-            c.paint(_ellipsoid(f, stations[name], (r, r, r * 1.3)), HU_LYMPH_NODE, "mediastinum", jitter=5)
+            canvas.paint(_ellipsoid(frame, stations[name], (r, r, r * 1.3)), HU_LYMPH_NODE, "mediastinum", jitter=5)
     if not enlarged:
         return None
     chosen = list(rng.choice(names, size=int(rng.integers(1, 3)), replace=False))
     sizes = []
     for name in chosen:
         short = float(rng.integers(16, 27))
-        node = _ellipsoid(f, stations[name], (short / 2, short / 2 * 1.1, short / 2 * 1.4))
-        c.paint(node, HU_LYMPH_NODE, "mediastinum", jitter=5)
+        node = _ellipsoid(frame, stations[name], (short / 2, short / 2 * 1.1, short / 2 * 1.4))
+        canvas.paint(node, HU_LYMPH_NODE, "mediastinum", jitter=5)
         sizes.append(short)
     return {"stations": [str(s) for s in chosen], "short_axis_mm": int(max(sizes))}
 
 
-def _paint_esophagus(c: _Canvas, an: _Anatomy, hernia: bool) -> dict | None:
+def _paint_esophagus(canvas: _Canvas, anatomy: _Anatomy, hernia: bool) -> dict | None:
     """Collapsed esophagus (a little air in its lumen) from the top down to the hiatus, where it bends left
     into the stomach; with a hiatal hernia, part of the stomach with an air-fluid level sits above the
     diaphragm behind the heart."""
-    f, rng = c.f, c.rng
-    eu, ev = an.esophagus_uv
-    w_hiatus = f.w_at(an.dome_t["left"] - 0.02)
-    line = [(eu, ev, f.w1[-1] + 5.0), (eu, ev, w_hiatus),
-            (eu + 0.25 * an.ac, ev - 0.3 * an.bc, w_hiatus - 0.06 * f.span)]
-    tube = _tube(f, line, an.esophagus_r)
-    c.paint(tube, HU_SOFT_TISSUE - 5, "esophagus", jitter=5)
-    lumen = _tube(f, line[:2], max(an.esophagus_r * 0.3, 0.8)) & (rng.random(f.shape[0])[:, None, None] < 0.3)
-    c.paint(lumen, HU_AIR + 200, "esophagus", jitter=30)
+    frame, rng = canvas.frame, canvas.rng
+    eu, ev = anatomy.esophagus_uv
+    w_hiatus = frame.w_at(anatomy.dome_t["left"] - 0.02)
+    line = [(eu, ev, frame.w1[-1] + 5.0), (eu, ev, w_hiatus),
+            (eu + 0.25 * anatomy.ac, ev - 0.3 * anatomy.bc, w_hiatus - 0.06 * frame.span)]
+    tube = _tube(frame, line, anatomy.esophagus_r)
+    canvas.paint(tube, HU_SOFT_TISSUE - 5, "esophagus", jitter=5)
+    lumen = _tube(frame, line[:2], max(anatomy.esophagus_r * 0.3, 0.8)) & (rng.random(frame.shape[0])[:, None, None] < 0.3)
+    canvas.paint(lumen, HU_AIR + 200, "esophagus", jitter=30)
     if not hernia:
         return None
-    size = float(rng.uniform(0.35, 0.5) * an.bc)
-    cen = (eu + 0.05 * an.ac, ev + 0.1 * size, w_hiatus + 0.5 * size)
-    sac = _ellipsoid(f, cen, (size, 0.8 * size, size))
-    inner = _ellipsoid(f, cen, (size - 2.5, 0.8 * size - 2.5, size - 2.5))
-    c.paint(sac, HU_SOFT_TISSUE, "esophagus", jitter=5)
-    c.paint(inner, HU_FLUID, "esophagus", jitter=5)
-    c.paint(inner & (f.v < cen[1] - 0.1 * size), HU_AIR, "esophagus", jitter=5)
+    size = float(rng.uniform(0.35, 0.5) * anatomy.bc)
+    cen = (eu + 0.05 * anatomy.ac, ev + 0.1 * size, w_hiatus + 0.5 * size)
+    sac = _ellipsoid(frame, cen, (size, 0.8 * size, size))
+    inner = _ellipsoid(frame, cen, (size - 2.5, 0.8 * size - 2.5, size - 2.5))
+    canvas.paint(sac, HU_SOFT_TISSUE, "esophagus", jitter=5)
+    canvas.paint(inner, HU_FLUID, "esophagus", jitter=5)
+    canvas.paint(inner & (frame.v < cen[1] - 0.1 * size), HU_AIR, "esophagus", jitter=5)
     return {"size_mm": int(round(2 * size))}
 
 
-def _paint_airways(c: _Canvas, an: _Anatomy) -> None:
+def _paint_airways(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Trachea from the top of the scan to the carina, then both main bronchi: air with a thin wall."""
-    f = c.f
-    tu, tv = an.trachea_uv
-    w_car = f.w_at(an.carina_t)
-    r_b = 0.7 * an.trachea_r
-    wall = max(1.5 * an.k * 2, 1.2)
-    right = (tu - 0.3 * an.ac, tv + 0.1 * an.bc, w_car - 0.07 * f.span)  # right main bronchus: steeper
-    left = (tu + 0.33 * an.ac, tv + 0.12 * an.bc, w_car - 0.1 * f.span)
-    trachea = [(tu, tv, f.w1[-1] + 5.0), (tu, tv, w_car)]
-    outer = _tube(f, trachea, an.trachea_r) | _tube(f, [trachea[1], right], r_b) \
-        | _tube(f, [trachea[1], left], r_b)
-    lumen = _tube(f, trachea, an.trachea_r - wall) | _tube(f, [trachea[1], right], r_b - wall) \
-        | _tube(f, [trachea[1], left], r_b - wall)
-    c.paint(outer, HU_SOFT_TISSUE, "trachea and bronchie", jitter=5)
-    c.paint(lumen, HU_AIR, "trachea and bronchie", jitter=5)
+    frame = canvas.frame
+    tu, tv = anatomy.trachea_uv
+    w_car = frame.w_at(anatomy.carina_t)
+    r_b = 0.7 * anatomy.trachea_r
+    wall = max(1.5 * anatomy.k * 2, 1.2)
+    right = (tu - 0.3 * anatomy.ac, tv + 0.1 * anatomy.bc, w_car - 0.07 * frame.span)  # right main bronchus: steeper
+    left = (tu + 0.33 * anatomy.ac, tv + 0.12 * anatomy.bc, w_car - 0.1 * frame.span)
+    trachea = [(tu, tv, frame.w1[-1] + 5.0), (tu, tv, w_car)]
+    outer = _tube(frame, trachea, anatomy.trachea_r) | _tube(frame, [trachea[1], right], r_b) \
+        | _tube(frame, [trachea[1], left], r_b)
+    lumen = _tube(frame, trachea, anatomy.trachea_r - wall) | _tube(frame, [trachea[1], right], r_b - wall) \
+        | _tube(frame, [trachea[1], left], r_b - wall)
+    canvas.paint(outer, HU_SOFT_TISSUE, "trachea and bronchie", jitter=5)
+    canvas.paint(lumen, HU_AIR, "trachea and bronchie", jitter=5)
 
 
-def _paint_thyroid(c: _Canvas, an: _Anatomy) -> None:
+def _paint_thyroid(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Two thyroid lobes either side of the trachea and the isthmus in front of it, in the top slices."""
-    f = c.f
-    tu, tv = an.trachea_uv
-    lobe_semi = (max(6.0 * an.k, 3.0), max(10.0 * an.k, 4.0), 0.09 * f.span)
-    w = f.w_at(0.93)
-    gland = f.zeros()
+    frame = canvas.frame
+    tu, tv = anatomy.trachea_uv
+    lobe_semi = (max(6.0 * anatomy.k, 3.0), max(10.0 * anatomy.k, 4.0), 0.09 * frame.span)
+    w = frame.w_at(0.93)
+    gland = frame.zeros()
     for s in (-1.0, 1.0):
-        gland |= _ellipsoid(f, (tu + s * (an.trachea_r + lobe_semi[0] + 1.0), tv - 0.3 * an.trachea_r, w),
+        gland |= _ellipsoid(frame, (tu + s * (anatomy.trachea_r + lobe_semi[0] + 1.0), tv - 0.3 * anatomy.trachea_r, w),
                             lobe_semi)
-    gland |= _ellipsoid(f, (tu, tv - an.trachea_r - lobe_semi[0] * 0.5, w - 0.03 * f.span),
-                        (an.trachea_r, lobe_semi[0] * 0.5, 0.03 * f.span))
-    c.paint(gland, HU_THYROID, "thyroid", jitter=5)
+    gland |= _ellipsoid(frame, (tu, tv - anatomy.trachea_r - lobe_semi[0] * 0.5, w - 0.03 * frame.span),
+                        (anatomy.trachea_r, lobe_semi[0] * 0.5, 0.03 * frame.span))
+    canvas.paint(gland, HU_THYROID, "thyroid", jitter=5)
 
 
-def _paint_breasts(c: _Canvas, an: _Anatomy) -> None:
+def _paint_breasts(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Breast fat with fibroglandular tissue, in front of the pectoral muscles."""
-    f, rng = c.f, c.rng
-    breasts = _breast_volume(f, an)
-    muscle_layer = _elliptic_cylinder(f, (0.0, 0.0), (an.a - an.fat, an.b - an.fat))
+    frame, rng = canvas.frame, canvas.rng
+    breasts = _breast_volume(frame, anatomy)
+    muscle_layer = _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a - anatomy.fat, anatomy.b - anatomy.fat))
     breasts &= ~muscle_layer
-    c.paint(breasts, HU_FAT, "breast", jitter=8)
-    glandular = breasts & (rng.random(f.shape) < (0.5 if an.sex == "F" else 0.15))
+    canvas.paint(breasts, HU_FAT, "breast", jitter=8)
+    glandular = breasts & (rng.random(frame.shape) < (0.5 if anatomy.sex == "F" else 0.15))
     glandular = ndimage.binary_opening(glandular) & breasts
-    c.paint(glandular, HU_GLANDULAR, "breast", jitter=8)
+    canvas.paint(glandular, HU_GLANDULAR, "breast", jitter=8)
 
 
-def _paint_spine(c: _Canvas, an: _Anatomy) -> None:
+def _paint_spine(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Vertebral bodies (cortex and cancellous bone) with discs, spinal canal, laminae and spinous processes."""
-    f = c.f
-    top, bottom = f.w1[-1] + 5.0, f.w1[0] - 5.0
-    axis = [(0.0, an.spine_v, top), (0.0, an.spine_v, bottom)]
-    body = _tube(f, axis, an.spine_r)
-    canal_r = 0.35 * an.spine_r
-    canal_v = an.spine_v + an.spine_r + canal_r + 1.0
-    arch = _tube(f, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r + 2.5)
-    canal = _tube(f, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r)
-    spinous_end = an.b - an.fat - 2.0
-    spinous = _all_slices(f, (np.abs(f.u) < 2.0) & (f.v > canal_v) & (f.v < spinous_end))
-    transverse = _all_slices(f, (np.abs(f.u) < an.spine_r * 1.6) & (np.abs(f.v - canal_v + 0.5) < 2.0))
-    period = 28.0 * an.k * 1.0 + 4.0
-    disc_level = ((f.w - f.w1[0]) % period) < max(5.0 * an.k, 2.0)
-    c.paint(body | arch | spinous | transverse, HU_CORTICAL_BONE, "bone", jitter=40)
-    c.paint(_tube(f, axis, an.spine_r - 1.5), HU_CANCELLOUS_BONE, "bone", jitter=30)
-    c.paint(body & disc_level, HU_DISC, None, jitter=8)
-    c.paint(canal, HU_CSF, None, jitter=5)
+    frame = canvas.frame
+    top, bottom = frame.w1[-1] + 5.0, frame.w1[0] - 5.0
+    axis = [(0.0, anatomy.spine_v, top), (0.0, anatomy.spine_v, bottom)]
+    body = _tube(frame, axis, anatomy.spine_r)
+    canal_r = 0.35 * anatomy.spine_r
+    canal_v = anatomy.spine_v + anatomy.spine_r + canal_r + 1.0
+    arch = _tube(frame, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r + 2.5)
+    canal = _tube(frame, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r)
+    spinous_end = anatomy.b - anatomy.fat - 2.0
+    spinous = _all_slices(frame, (np.abs(frame.u) < 2.0) & (frame.v > canal_v) & (frame.v < spinous_end))
+    transverse = _all_slices(frame, (np.abs(frame.u) < anatomy.spine_r * 1.6) & (np.abs(frame.v - canal_v + 0.5) < 2.0))
+    period = 28.0 * anatomy.k * 1.0 + 4.0
+    disc_level = ((frame.w - frame.w1[0]) % period) < max(5.0 * anatomy.k, 2.0)
+    canvas.paint(body | arch | spinous | transverse, HU_CORTICAL_BONE, "bone", jitter=40)
+    canvas.paint(_tube(frame, axis, anatomy.spine_r - 1.5), HU_CANCELLOUS_BONE, "bone", jitter=30)
+    canvas.paint(body & disc_level, HU_DISC, None, jitter=8)
+    canvas.paint(canal, HU_CSF, None, jitter=5)
 
 
-def _paint_ribs(c: _Canvas, an: _Anatomy) -> None:
+def _paint_ribs(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Ribs in the band outside the cavity: each runs obliquely down toward the front, so an axial slice cuts
     several of them into arcs; cortical rims with marrow inside. The anterior midline is left to the sternum
     and the posterior midline to the spine."""
-    f = c.f
-    outer = _elliptic_cylinder(f, (0.0, an.cav_v), (an.ac + an.rib, an.bc + an.rib), (0.08, 0.97))
-    inner = _elliptic_cylinder(f, (0.0, an.cav_v), (an.ac, an.bc))
+    frame = canvas.frame
+    outer = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac + anatomy.rib, anatomy.bc + anatomy.rib), (0.08, 0.97))
+    inner = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac, anatomy.bc))
     band = outer & ~inner
-    theta = np.abs(np.arctan2(f.u / an.ac, (f.v - an.cav_v) / an.bc))  # 0 posterior, pi anterior
-    arc_mm = theta * 0.5 * (an.ac + an.bc)
-    period = 26.0 * an.k + 4.0
-    height = max(10.0 * an.k, 3.5)
-    phase = ((f.w + 0.3 * arc_mm) / period + an.rib_phase) % 1.0
+    theta = np.abs(np.arctan2(frame.u / anatomy.ac, (frame.v - anatomy.cav_v) / anatomy.bc))  # 0 posterior, pi anterior
+    arc_mm = theta * 0.5 * (anatomy.ac + anatomy.bc)
+    period = 26.0 * anatomy.k + 4.0
+    height = max(10.0 * anatomy.k, 3.5)
+    phase = ((frame.w + 0.3 * arc_mm) / period + anatomy.rib_phase) % 1.0
     ribs = band & (phase < height / period)
-    ribs &= ~((np.abs(f.u) < 0.22 * an.ac) & (f.v < an.cav_v))
-    ribs &= ~(np.abs(f.u) < 0.15 * an.ac)
-    c.paint(ribs, HU_CORTICAL_BONE, "bone", jitter=40)
+    ribs &= ~((np.abs(frame.u) < 0.22 * anatomy.ac) & (frame.v < anatomy.cav_v))
+    ribs &= ~(np.abs(frame.u) < 0.15 * anatomy.ac)
+    canvas.paint(ribs, HU_CORTICAL_BONE, "bone", jitter=40)
     core = ribs & (np.abs(phase - 0.5 * height / period) < 0.25 * height / period)
-    c.paint(core, HU_RIB, "bone", jitter=30)
+    canvas.paint(core, HU_RIB, "bone", jitter=30)
 
 
-def _sternum(f: _Frame, an: _Anatomy) -> np.ndarray:
-    front = an.cav_v - an.bc
-    return (np.abs(f.u) < 0.12 * an.ac) & (f.v >= front - an.rib) & (f.v <= front) & (f.t > 0.28) & (f.t < 0.9)
+def _sternum(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
+    front = anatomy.cav_v - anatomy.bc
+    return (np.abs(frame.u) < 0.12 * anatomy.ac) & (frame.v >= front - anatomy.rib) & (frame.v <= front) & (frame.t > 0.28) & (frame.t < 0.9)
 
 
-def _paint_sternum(c: _Canvas, an: _Anatomy, wires: bool) -> dict | None:
+def _paint_sternum(canvas: _Canvas, anatomy: _Anatomy, wires: bool) -> dict | None:
     """Sternum (cortex around cancellous bone); after a sternotomy, steel wires loop around it."""
-    f, rng = c.f, c.rng
-    sternum = _sternum(f, an)
-    c.paint(sternum, HU_CORTICAL_BONE, "bone", jitter=40)
+    frame, rng = canvas.frame, canvas.rng
+    sternum = _sternum(frame, anatomy)
+    canvas.paint(sternum, HU_CORTICAL_BONE, "bone", jitter=40)
     core = ndimage.binary_erosion(sternum, structure=np.ones((1, 3, 3), bool), iterations=1)
-    c.paint(core, HU_CANCELLOUS_BONE + 60, "bone", jitter=30)
+    canvas.paint(core, HU_CANCELLOUS_BONE + 60, "bone", jitter=30)
     if not wires:
         return None
     rim = ndimage.binary_dilation(sternum, structure=np.ones((1, 3, 3), bool), iterations=2) & ~sternum
@@ -631,43 +631,43 @@ def _paint_sternum(c: _Canvas, an: _Anatomy, wires: bool) -> dict | None:
     for z in levels:
         loop = np.zeros_like(sternum)
         loop[z] = rim[z]
-        c.paint(loop, HU_METAL, "bone", jitter=100)
+        canvas.paint(loop, HU_METAL, "bone", jitter=100)
     return {"device": "sternotomy wires", "region": "bone", "count": int(len(levels))}
 
 
-def _paint_pleura(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+def _paint_pleura(canvas: _Canvas) -> tuple[np.ndarray, np.ndarray]:
     """The pleura: the outer 2 voxels (in-plane) of the lung space.
     Returns (lungs, pleura) masks."""
-    space = c.region("lung")
+    space = canvas.region("lung")
     inner = ndimage.binary_erosion(space, structure=_CROSS_2D, iterations=2, border_value=1)
     pleura = space & ~inner
-    c.paint(pleura, HU_PLEURA, "pleura", jitter=40)
+    canvas.paint(pleura, HU_PLEURA, "pleura", jitter=40)
     return inner, pleura
 
 
 _CROSS_2D = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbourhood
 
 
-def _paint_pleural_effusion(c: _Canvas, an: _Anatomy, lung_space: dict, side: str) -> dict:
+def _paint_pleural_effusion(canvas: _Canvas, anatomy: _Anatomy, lung_space: dict, side: str) -> dict:
     """Fluid layering in the dependent (posterior) pleural space of one side, deepest at the base."""
-    f, rng = c.f, c.rng
+    frame, rng = canvas.frame, canvas.rng
     depth = float(rng.integers(18, 36))
-    top_t = an.dome_t[side] + rng.uniform(0.25, 0.35)
-    back = an.cav_v + an.bc * np.sqrt(np.clip(1 - (f.u / an.ac) ** 2, 0, 1))
-    taper = np.clip((top_t - f.t) / (top_t - an.dome_t[side] + 1e-6), 0, 1)
-    fluid = lung_space[side] & (f.v > back - depth * taper) & (taper > 0)
-    fluid &= (c.region("lung") | c.region("pleura"))
-    c.paint(fluid, HU_FLUID, "pleura", jitter=6)
+    top_t = anatomy.dome_t[side] + rng.uniform(0.25, 0.35)
+    back = anatomy.cav_v + anatomy.bc * np.sqrt(np.clip(1 - (frame.u / anatomy.ac) ** 2, 0, 1))
+    taper = np.clip((top_t - frame.t) / (top_t - anatomy.dome_t[side] + 1e-6), 0, 1)
+    fluid = lung_space[side] & (frame.v > back - depth * taper) & (taper > 0)
+    fluid &= (canvas.region("lung") | canvas.region("pleura"))
+    canvas.paint(fluid, HU_FLUID, "pleura", jitter=6)
     return {"depth_mm": int(depth), "voxels": int(fluid.sum())}
 
 
-def _lobes(f: _Frame, an: _Anatomy, lungs: np.ndarray) -> dict[str, np.ndarray]:
+def _lobes(frame: _Frame, anatomy: _Anatomy, lungs: np.ndarray) -> dict[str, np.ndarray]:
     """Lobes by fissure planes: the oblique fissures run from posterior-superior to anterior-inferior; the
     right horizontal fissure splits upper from middle lobe."""
-    oblique = f.w_at(an.fissure_t) + 0.9 * (f.v - an.cav_v)
-    lower = f.w < oblique
-    upper_right = f.w > f.w_at(an.horizontal_fissure_t)
-    right, left = lungs & (f.u < 0), lungs & (f.u > 0)
+    oblique = frame.w_at(anatomy.fissure_t) + 0.9 * (frame.v - anatomy.cav_v)
+    lower = frame.w < oblique
+    upper_right = frame.w > frame.w_at(anatomy.horizontal_fissure_t)
+    right, left = lungs & (frame.u < 0), lungs & (frame.u > 0)
     return {
         "right upper lobe": right & ~lower & upper_right,
         "right middle lobe": right & ~lower & ~upper_right,
@@ -685,80 +685,80 @@ def _fits(mask: np.ndarray, idx: Sequence[int], radius_vox: Sequence[int]) -> bo
     return bool(mask[sl].all())
 
 
-def _place_in(rng: np.random.Generator, f: _Frame, mask: np.ndarray, radius_mm: float,
+def _place_in(rng: np.random.Generator, frame: _Frame, mask: np.ndarray, radius_mm: float,
               tries: int = 60) -> tuple[int, int, int] | None:
     """A random voxel of `mask` around which a sphere of radius_mm fits inside it (None if none found)."""
     cand = np.flatnonzero(mask)
     if cand.size == 0:
         return None
-    r_vox = [max(int(np.ceil(radius_mm / s)) - (1 if i == 0 else 0), 0) for i, s in enumerate(f.spacing_zyx)]
+    r_vox = [max(int(np.ceil(radius_mm / s)) - (1 if i == 0 else 0), 0) for i, s in enumerate(frame.spacing_zyx)]
     for _ in range(tries):
         idx = np.unravel_index(int(cand[rng.integers(cand.size)]), mask.shape)
         if _fits(mask, idx, r_vox):
             return tuple(int(i) for i in idx)
     # fall back to the deepest voxel of the mask
-    dist = ndimage.distance_transform_edt(mask, sampling=f.spacing_zyx)
+    dist = ndimage.distance_transform_edt(mask, sampling=frame.spacing_zyx)
     return tuple(int(i) for i in np.unravel_index(int(dist.argmax()), mask.shape))
 
 
-def _paint_nodule(c: _Canvas, an: _Anatomy, lobes: dict, lungs: np.ndarray) -> dict:
+def _paint_nodule(canvas: _Canvas, anatomy: _Anatomy, lobes: dict, lungs: np.ndarray) -> dict:
     """A solid, slightly ellipsoidal nodule inside one lobe."""
-    f, rng = c.f, c.rng
+    frame, rng = canvas.frame, canvas.rng
     names = [n for n in lobes if lobes[n].sum() > 50] or list(lobes)
     lobe = str(rng.choice(names))
     size = float(rng.integers(14, 31))
-    idx = _place_in(rng, f, lobes[lobe] & lungs, size / 2 + 1.0)
+    idx = _place_in(rng, frame, lobes[lobe] & lungs, size / 2 + 1.0)
     if idx is None:
-        idx = tuple(s // 2 for s in f.shape)
-    center = f.point_of(idx)
+        idx = tuple(s // 2 for s in frame.shape)
+    center = frame.point_of(idx)
     semi = [size / 2 * rng.uniform(0.9, 1.1) for _ in range(3)]
-    c.paint(_ellipsoid(f, center, semi) & lungs, HU_NODULE, False, jitter=10)
+    canvas.paint(_ellipsoid(frame, center, semi) & lungs, HU_NODULE, False, jitter=10)
     side, part = lobe.split(" ", 1)
     return {"side": side, "lobe": part, "size_mm": int(size), "center_index_zyx": list(idx)}
 
 
-def _paint_consolidation(c: _Canvas, an: _Anatomy, lobes: dict, lungs: np.ndarray, avoid: str | None) -> dict:
+def _paint_consolidation(canvas: _Canvas, anatomy: _Anatomy, lobes: dict, lungs: np.ndarray, avoid: str | None) -> dict:
     """Airless lung (soft-tissue density with a few air bronchograms) filling part of one lobe."""
-    f, rng = c.f, c.rng
+    frame, rng = canvas.frame, canvas.rng
     names = [n for n in lobes if lobes[n].sum() > 200 and n != avoid] or list(lobes)
     lobe = str(rng.choice(names))
     region = lobes[lobe] & lungs
-    idx = _place_in(rng, f, region, 4.0)
+    idx = _place_in(rng, frame, region, 4.0)
     if idx is None:
-        idx = tuple(s // 2 for s in f.shape)
-    center = f.point_of(idx)
-    semi = (rng.uniform(0.3, 0.4) * an.ac, rng.uniform(0.4, 0.55) * an.bc, rng.uniform(0.12, 0.18) * f.span)
-    blob = _ellipsoid(f, center, semi) & region
-    c.paint(blob, HU_SOFT_TISSUE - 5, False, jitter=10)
-    bronchus = _tube(f, [center, (center[0] + semi[0] * 0.8 * np.sign(center[0]), center[1], center[2])], 1.0)
-    c.paint(bronchus & blob, HU_AIR + 100, False, jitter=30)
+        idx = tuple(s // 2 for s in frame.shape)
+    center = frame.point_of(idx)
+    semi = (rng.uniform(0.3, 0.4) * anatomy.ac, rng.uniform(0.4, 0.55) * anatomy.bc, rng.uniform(0.12, 0.18) * frame.span)
+    blob = _ellipsoid(frame, center, semi) & region
+    canvas.paint(blob, HU_SOFT_TISSUE - 5, False, jitter=10)
+    bronchus = _tube(frame, [center, (center[0] + semi[0] * 0.8 * np.sign(center[0]), center[1], center[2])], 1.0)
+    canvas.paint(bronchus & blob, HU_AIR + 100, False, jitter=30)
     side, part = lobe.split(" ", 1)
     return {"side": side, "lobe": part, "voxels": int(blob.sum())}
 
 
-def _paint_emphysema(c: _Canvas, an: _Anatomy, lungs: np.ndarray) -> dict:
+def _paint_emphysema(canvas: _Canvas, anatomy: _Anatomy, lungs: np.ndarray) -> dict:
     """Patchy low attenuation (centrilobular emphysema) in the upper lung zones, plus a few bullae."""
-    f, rng = c.f, c.rng
-    nz, ny, nx = f.shape
+    frame, rng = canvas.frame, canvas.rng
+    nz, ny, nx = frame.shape
     coarse = rng.random((max(nz // 3, 2), max(ny // 8, 2), max(nx // 8, 2)))
     field = ndimage.zoom(coarse, (nz / coarse.shape[0], ny / coarse.shape[1], nx / coarse.shape[2]), order=1)
     field = field[:nz, :ny, :nx]
-    if field.shape != f.shape:
-        field = np.pad(field, [(0, n - s) for n, s in zip(f.shape, field.shape)], mode="edge")
-    upper = f.t > 0.5
+    if field.shape != frame.shape:
+        field = np.pad(field, [(0, n - s) for n, s in zip(frame.shape, field.shape)], mode="edge")
+    upper = frame.t > 0.5
     patches = lungs & upper & (field > 0.45)
-    c.paint(patches, HU_EMPHYSEMA, False, jitter=8)
+    canvas.paint(patches, HU_EMPHYSEMA, False, jitter=8)
     for _ in range(int(rng.integers(1, 4))):
-        idx = _place_in(rng, f, lungs & upper, 3.0, tries=20)
+        idx = _place_in(rng, frame, lungs & upper, 3.0, tries=20)
         if idx is not None:
             r = rng.uniform(3.0, 6.0)
-            c.paint(_ellipsoid(f, f.point_of(idx), (r, r, r)) & lungs, HU_BULLA, False, jitter=5)
+            canvas.paint(_ellipsoid(frame, frame.point_of(idx), (r, r, r)) & lungs, HU_BULLA, False, jitter=5)
     return {"zone": "upper", "voxels": int(patches.sum())}
 
 
-def _paint_aortic_calcification(c: _Canvas, an: _Anatomy, line: list, below: np.ndarray) -> dict:
+def _paint_aortic_calcification(canvas: _Canvas, anatomy: _Anatomy, line: list, below: np.ndarray) -> dict:
     """Bright calcified plaques in the aortic wall along the arch and descending aorta."""
-    f, rng = c.f, c.rng
+    frame, rng = canvas.frame, canvas.rng
     pts = np.asarray(line[1:], dtype=float)
     n = int(rng.integers(12, 25))
     for _ in range(n):
@@ -766,23 +766,23 @@ def _paint_aortic_calcification(c: _Canvas, an: _Anatomy, line: list, below: np.
         s = rng.uniform(0, 1)
         p = pts[seg] + s * (pts[seg + 1] - pts[seg])
         ang = rng.uniform(0, 2 * np.pi)
-        off = np.array([np.cos(ang), np.sin(ang), 0.0]) * an.aorta_r * 0.95
-        speck = _ellipsoid(f, p + off, (2.0, 2.0, 3.0))
-        c.paint(speck, float(rng.uniform(*HU_CALCIFICATION)), False, jitter=30)
+        off = np.array([np.cos(ang), np.sin(ang), 0.0]) * anatomy.aorta_r * 0.95
+        speck = _ellipsoid(frame, p + off, (2.0, 2.0, 3.0))
+        canvas.paint(speck, float(rng.uniform(*HU_CALCIFICATION)), False, jitter=30)
     return {"plaques": n}
 
 
-def _paint_catheter(c: _Canvas, an: _Anatomy) -> dict:
+def _paint_catheter(canvas: _Canvas, anatomy: _Anatomy) -> dict:
     """A central venous catheter entering from the right at the top and running down the superior vena cava
     to the cavoatrial junction."""
-    f = c.f
-    svc_u = an.aorta_asc_uv[0] - an.aorta_r - max(6.0 * an.k, 2.5) - 1.0
-    svc_v = an.aorta_asc_uv[1] + 2.0
-    tip_w = an.heart_center[2] + 0.5 * an.heart_semi[2]
-    line = [(-0.45 * an.ac, an.cav_v - 0.5 * an.bc, f.w1[-1] + 5.0), (svc_u, svc_v, f.w_at(0.85)),
+    frame = canvas.frame
+    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.k, 2.5) - 1.0
+    svc_v = anatomy.aorta_asc_uv[1] + 2.0
+    tip_w = anatomy.heart_center[2] + 0.5 * anatomy.heart_semi[2]
+    line = [(-0.45 * anatomy.ac, anatomy.cav_v - 0.5 * anatomy.bc, frame.w1[-1] + 5.0), (svc_u, svc_v, frame.w_at(0.85)),
             (svc_u, svc_v, tip_w)]
-    tube = _tube(f, line, 2.5)
-    c.paint(tube, HU_CATHETER, "mediastinum", jitter=60)
+    tube = _tube(frame, line, 2.5)
+    canvas.paint(tube, HU_CATHETER, "mediastinum", jitter=60)
     return {"device": "central venous catheter", "region": "mediastinum"}
 
 
@@ -824,62 +824,62 @@ def make_phantom(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
     center_xy = (origin[0] + (nx - 1) * sx / 2 + rng.uniform(-0.03, 0.03) * fov[0],
                  origin[1] + (ny - 1) * sy / 2 + rng.uniform(-0.03, 0.03) * fov[1])
     geometry0 = PhantomGeometry((nx, ny, nz), (sx, sy, sz), tuple(float(o) for o in origin))
-    f = _Frame(geometry0, center_xy, t_shift=rng.uniform(-0.03, 0.03))
-    an = _draw_anatomy(rng, f, fov)
-    c = _Canvas(f, rng)
+    frame = _Frame(geometry0, center_xy, t_shift=rng.uniform(-0.03, 0.03))
+    anatomy = _draw_anatomy(rng, frame, fov)
+    canvas = _Canvas(frame, rng)
     found: list[dict] = []
 
     def record(kind: str, **details) -> None:
         label, region = FINDINGS[kind]
         found.append({"kind": kind, "label": label, "region": details.pop("region", region), **details})
 
-    below = f.w < _diaphragm_w(f, an)
-    _paint_table(c, an)
-    _paint_body_wall(c, an)
-    cavity = _paint_cavity(c, an, below)
-    _paint_abdomen(c, an, cavity, below)
-    space = _lung_space(f, an, cavity, below)
-    _paint_lungs(c, an, space)
+    below = frame.w < _diaphragm_w(frame, anatomy)
+    _paint_table(canvas, anatomy)
+    _paint_body_wall(canvas, anatomy)
+    cavity = _paint_cavity(canvas, anatomy, below)
+    _paint_abdomen(canvas, anatomy, cavity, below)
+    space = _lung_space(frame, anatomy, cavity, below)
+    _paint_lungs(canvas, anatomy, space)
     enlarged = float(rng.uniform(1.3, 1.5)) if "cardiomegaly" in kinds else 1.0
     pe_mm = float(rng.integers(10, 21)) if "pericardial_effusion" in kinds else 0.0
-    line = _paint_great_vessels(c, an, below)  # the heart then covers the root of the aorta
-    _paint_heart(c, an, enlarged, pe_mm)
-    nodes = _paint_lymph_nodes(c, an, "lymphadenopathy" in kinds)
-    hernia = _paint_esophagus(c, an, "hiatal_hernia" in kinds)
-    _paint_airways(c, an)
-    _paint_thyroid(c, an)
-    _paint_breasts(c, an)
-    _paint_spine(c, an)
-    _paint_ribs(c, an)
+    line = _paint_great_vessels(canvas, anatomy, below)  # the heart then covers the root of the aorta
+    _paint_heart(canvas, anatomy, enlarged, pe_mm)
+    nodes = _paint_lymph_nodes(canvas, anatomy, "lymphadenopathy" in kinds)
+    hernia = _paint_esophagus(canvas, anatomy, "hiatal_hernia" in kinds)
+    _paint_airways(canvas, anatomy)
+    _paint_thyroid(canvas, anatomy)
+    _paint_breasts(canvas, anatomy)
+    _paint_spine(canvas, anatomy)
+    _paint_ribs(canvas, anatomy)
     device = None
     if "medical_material" in kinds:
         device = "sternotomy wires" if rng.random() < 0.5 else "central venous catheter"
-    wires = _paint_sternum(c, an, device == "sternotomy wires")
-    catheter = _paint_catheter(c, an) if device == "central venous catheter" else None
+    wires = _paint_sternum(canvas, anatomy, device == "sternotomy wires")
+    catheter = _paint_catheter(canvas, anatomy) if device == "central venous catheter" else None
 
-    lungs, pleura = _paint_pleura(c)
-    _paint_lung_vessels(c, an, lungs)
+    lungs, pleura = _paint_pleura(canvas)
+    _paint_lung_vessels(canvas, anatomy, lungs)
     if "pleural_effusion" in kinds:
         side = str(rng.choice(["right", "left", "bilateral"]))
-        details = {s: _paint_pleural_effusion(c, an, space, s)
+        details = {s: _paint_pleural_effusion(canvas, anatomy, space, s)
                    for s in (("right", "left") if side == "bilateral" else (side,))}
         record("pleural_effusion", side=side, depth_mm=max(d["depth_mm"] for d in details.values()))
-        lungs = c.region("lung")
-    lobes = _lobes(f, an, lungs)
+        lungs = canvas.region("lung")
+    lobes = _lobes(frame, anatomy, lungs)
     if "emphysema" in kinds:
-        record("emphysema", **_paint_emphysema(c, an, lungs))
-    nodule = _paint_nodule(c, an, lobes, lungs) if "lung_nodule" in kinds else None
+        record("emphysema", **_paint_emphysema(canvas, anatomy, lungs))
+    nodule = _paint_nodule(canvas, anatomy, lobes, lungs) if "lung_nodule" in kinds else None
     if nodule:
         record("lung_nodule", **nodule)
     if "consolidation" in kinds:
         avoid = f"{nodule['side']} {nodule['lobe']}" if nodule else None
-        record("consolidation", **_paint_consolidation(c, an, lobes, lungs, avoid))
+        record("consolidation", **_paint_consolidation(canvas, anatomy, lobes, lungs, avoid))
     if "cardiomegaly" in kinds:
         record("cardiomegaly", scale=round(enlarged, 2))
     if pe_mm:
         record("pericardial_effusion", thickness_mm=int(pe_mm))
     if "arterial_wall_calcification" in kinds:
-        record("arterial_wall_calcification", **_paint_aortic_calcification(c, an, line, below))
+        record("arterial_wall_calcification", **_paint_aortic_calcification(canvas, anatomy, line, below))
     if nodes:
         record("lymphadenopathy", **nodes)
     if hernia:
@@ -891,11 +891,11 @@ def make_phantom(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
     order = {k: i for i, k in enumerate(FINDING_KINDS)}
     found.sort(key=lambda d: order[d["kind"]])
 
-    hu = ndimage.gaussian_filter(c.hu, sigma=[BLUR_SIGMA_MM / s for s in f.spacing_zyx], mode="nearest")
+    hu = ndimage.gaussian_filter(canvas.hu, sigma=[BLUR_SIGMA_MM / s for s in frame.spacing_zyx], mode="nearest")
     hu += rng.normal(0.0, NOISE_SD_HU, size=hu.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), HU_MIN_STORED, HU_MAX_STORED).astype(np.int16)
-    masks = {r: c.label == _LABEL_OF[r] for r in REGIONS}
-    anatomy = {"sex": an.sex, "body_semi_axes_mm": [round(an.a, 1), round(an.b, 1)],
-               "cardiothoracic_ratio": round(float(an.heart_semi[0] * enlarged / an.ac), 2)}
-    geometry = PhantomGeometry(geometry0.size, geometry0.spacing, geometry0.origin, anatomy=anatomy)
+    masks = {r: canvas.label == _LABEL_OF[r] for r in REGIONS}
+    anatomy_record = {"sex": anatomy.sex, "body_semi_axes_mm": [round(anatomy.a, 1), round(anatomy.b, 1)],
+               "cardiothoracic_ratio": round(float(anatomy.heart_semi[0] * enlarged / anatomy.ac), 2)}
+    geometry = PhantomGeometry(geometry0.size, geometry0.spacing, geometry0.origin, anatomy=anatomy_record)
     return hu, masks, found, geometry

@@ -100,8 +100,8 @@ def plan_dataset(layout: str, cases: int, seed: int, test_fraction: float = 0.25
                 target = min((p for p in train if p.findings), key=lambda p: len(p.findings), default=train[0])
                 target.findings.append(kind)
 
-    def fault_region(p: CasePlan) -> str | None:
-        busy = {FINDINGS[k][1] for k in p.findings} | set(p.missing_masks) | set(p.empty_masks)
+    def fault_region(case_plan: CasePlan) -> str | None:
+        busy = {FINDINGS[k][1] for k in case_plan.findings} | set(case_plan.missing_masks) | set(case_plan.empty_masks)
         free = [r for r in MASK_FAULT_REGIONS if r not in busy]
         return str(rng.choice(free)) if free else None
 

@@ -184,17 +184,17 @@ class DemoReport:
         return rows
 
 
-def _finding_values(f: dict) -> dict:
+def _finding_values(finding: dict) -> dict:
     """Template values of a finding (side phrases for effusions, station lists for nodes)."""
-    v = dict(f)
-    side = f.get("side")
-    if f["kind"] == "pleural_effusion":
+    v = dict(finding)
+    side = finding.get("side")
+    if finding["kind"] == "pleural_effusion":
         v["Side_phrase"] = "Bilateral" if side == "bilateral" else side.capitalize()
         v["side_article"] = "bilateral" if side == "bilateral" else f"a {side}-sided"
         v["side_where"] = "on both sides" if side == "bilateral" else f"on the {side}"
         v["side_path"] = "pleura" if side == "bilateral" else f"{side} pleura"
-    if f["kind"] == "lymphadenopathy":
-        st = f.get("stations", [])
+    if finding["kind"] == "lymphadenopathy":
+        st = finding.get("stations", [])
         v["stations"] = " and ".join(st) if len(st) < 3 else ", ".join(st[:-1]) + " and " + st[-1]
     return v
 
