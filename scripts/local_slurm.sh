@@ -13,7 +13,7 @@
 # device files) lives in the state dir ${REG2RG_SLURM_DIR:-/tmp/reg2rg-slurm}; of /etc/slurm and /etc/munge only
 # /etc/slurm/slurm.conf is touched, as a link to <state>/etc/slurm.conf while the cluster runs (link_system_conf).
 # Daemons are started directly (no systemd). Must run as root (SlurmUser=root).
-# Optional overrides: REG2RG_SLURM_CPUS (default nproc), REG2RG_SLURM_MEM_MB (default 80% of RAM),
+# Optional overrides: REG2RG_SLURM_CPUS (default nproc, OMP_NUM_THREADS ignored), REG2RG_SLURM_MEM_MB (default 80% of RAM),
 # REG2RG_SLURM_GPUS (default 2 fake GPUs), REG2RG_SLURM_DB_PORT (default 3307), REG2RG_SLURM_PORT_BASE
 # (default 6817: slurmctld, +1 slurmd, +2 slurmdbd).
 # Progress goes to stderr, so `eval "$(bash scripts/local_slurm.sh start)"` works.
@@ -23,7 +23,10 @@ STATE=$(realpath -m "${REG2RG_SLURM_DIR:-/tmp/reg2rg-slurm}")
 CLUSTER=reg2rg-local
 ACCOUNT=reg2rg-test
 NODE=$(hostname -s)
-CPUS=${REG2RG_SLURM_CPUS:-$(nproc)}
+# nproc without OMP_NUM_THREADS / OMP_THREAD_LIMIT, which GNU nproc obeys: started from a shell with
+# OMP_NUM_THREADS=1 (a common test setting) the node would have 1 CPU and every 2-thread job would pend forever
+# (Reason=PartitionConfig).
+CPUS=${REG2RG_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 GPUS=${REG2RG_SLURM_GPUS:-2}
 DB_PORT=${REG2RG_SLURM_DB_PORT:-3307} # not 3306, so a distro MariaDB/MySQL on the default port does not clash
 PORT_BASE=${REG2RG_SLURM_PORT_BASE:-6817}
