@@ -3,9 +3,10 @@
 `scripts/local_slurm.sh start` runs a one-node cluster on this machine (slurmctld, slurmd, slurmdbd on MariaDB,
 munge; two GPUs declared as generic resources backed by plain files, partitions `cpu` and `gpu`). The workflow
 goes through the SLURM executor plugin with the shipped profile (profiles/slurm) and a small overlay that the
-test writes: the local account, quick status checks, no retries (so that the faults below surface), kept SLURM
-logs, a node's CPU count as the per-scan stages' threads, and no conda (the test machine has none; the envs are
-checked by test_slurm_profile_runs_every_rule_in_its_env).
+test writes: the local account, quick status checks (kept steady by tests/slurm_quick_status.py, which runs
+snakemake here), no retries (so that the faults below surface), kept SLURM logs, a node's CPU count as the
+per-scan stages' threads, and no conda (the test machine has none; the envs are checked by
+test_slurm_profile_runs_every_rule_in_its_env).
 
 The tests need root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server (the script installs them); they
 are skipped, saying why, only where these cannot be installed.
@@ -28,6 +29,7 @@ from test_shards import file_digests, jobs_run, manifests, workflow_copy
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 CLUSTER_SCRIPT = REPO / "scripts" / "local_slurm.sh"
+QUICK_STATUS = Path(__file__).resolve().parent / "slurm_quick_status.py"
 ACCOUNT = "reg2rg-test"  # made by the script
 
 
@@ -87,7 +89,10 @@ def cluster_profile(workdir: Path, threads: int = 2) -> Path:
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [str(SNAKEMAKE), "--workflow-profile", str(cluster_profile(workdir)), *args, "--configfile", "run.yaml"]
+    """snakemake through tests/slurm_quick_status.py: the plugin's status checks every second, not at its growing
+    interval (up to 180 s), so that a test does not wait for snakemake to notice that a job ended."""
+    return [sys.executable, str(QUICK_STATUS), "--workflow-profile", str(cluster_profile(workdir)), *args,
+            "--configfile", "run.yaml"]
 
 
 def run_on_cluster(workdir: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -182,12 +187,12 @@ def test_shipped_slurm_profile_uses_the_plugins_keys():
 
 @pytest.mark.slow
 def test_demo_on_slurm_equals_the_local_run_through_a_cancelled_shard_and_a_time_limit(slurm_env, tmp_path):
-    """The demo workflow (12 scans, 4 per shard job, a short training) through sbatch equals the local unsharded
+    """The demo workflow (8 scans, 4 per shard job, a short training) through sbatch equals the local unsharded
     run: same manifests, volumes, masks and cache files, same predictions. On the way an ingest shard is
     cancelled (scancel) while it runs and the train job is stopped by its time limit after a checkpoint; the same
     snakemake command again redoes only the cancelled shard's unfinished scans and resumes training."""
     config = {
-        "datasets": {"demo": {"generate": {"cases": 12, "seed": 2, "test_fraction": 0.25, "shape": [112, 96, 32]}}},
+        "datasets": {"demo": {"generate": {"cases": 8, "seed": 2, "test_fraction": 0.25, "shape": [112, 96, 32]}}},
         "threads": {"ingest": 1},
         # long enough to outlast SLURM's time-limit check (limits are whole minutes, enforced every 30 s)
         "training": {"tiny": {"max_steps": 500, "checkpoint_every": 50,
@@ -246,7 +251,7 @@ def _cancelled_shard_and_time_limit(env, tmp_path, config, targets, local, local
 
     # Every job went through sbatch, the per-scan stages as shards.
     jobs = slurm_jobs(wd)
-    assert len(jobs["ingest_shard"]) == 3 + 1 and len(jobs["masks_shard"]) == 3  # one shard twice
+    assert len(jobs["ingest_shard"]) == 2 + 1 and len(jobs["masks_shard"]) == 2  # one shard twice
     assert len(jobs["train"]) == 2 and {"inventory", "manifest", "cache_shard", "generate", "evaluate"} <= set(jobs)
     assert "all" not in jobs and set(jobs) >= set(jobs_run(proc)) - {"all"}
     # The allocations: GPUs asked in the plugin's keys, jobs on the partition that fits.

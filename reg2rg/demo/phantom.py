@@ -205,15 +205,15 @@ class _Anatomy:
     """Per-case anatomical parameters in mm (u, v relative to the body centre) and heights t."""
 
     sex: str
-    a: float  # body semi-axes
-    b: float
+    body_semi_u: float  # body semi-axes
+    body_semi_v: float
     fat: float  # subcutaneous fat thickness
     muscle: float
     rib: float  # thickness of the rib band
     cav_v: float  # v of the thoracic cavity's centre (the posterior wall is thicker)
-    ac: float  # cavity semi-axes
-    bc: float
-    k: float  # size relative to an adult chest (structure diameters scale with it)
+    cavity_semi_u: float  # the thoracic cavity's semi-axes
+    cavity_semi_v: float
+    scale: float  # size relative to an adult chest (structure diameters scale with it)
     mediastinum_half: float
     dome_t: dict  # diaphragm dome height per side
     carina_t: float
@@ -236,41 +236,41 @@ class _Anatomy:
 
 
 def _draw_anatomy(rng: np.random.Generator, frame: _Frame, fov: tuple[float, float]) -> _Anatomy:
-    a = 0.45 * fov[0] * rng.uniform(0.9, 1.0)
-    b = 0.37 * fov[1] * rng.uniform(0.9, 1.0)
-    k = a / 160.0
-    fat = b * rng.uniform(0.06, 0.14)
-    muscle = b * rng.uniform(0.08, 0.11)
-    rib = b * 0.09
+    semi_u = 0.45 * fov[0] * rng.uniform(0.9, 1.0)
+    semi_v = 0.37 * fov[1] * rng.uniform(0.9, 1.0)
+    scale = semi_u / 160.0
+    fat = semi_v * rng.uniform(0.06, 0.14)
+    muscle = semi_v * rng.uniform(0.08, 0.11)
+    rib = semi_v * 0.09
     wall = fat + muscle + rib
-    cav_v = -0.12 * b
-    ac, bc = a - wall, b - wall - 0.12 * b
-    spine_r = 0.25 * bc
-    spine_v = cav_v + bc - 0.2 * bc
-    esophagus_r = max(7.0 * k, 2.5)
-    esophagus_uv = (0.06 * ac, spine_v - spine_r - esophagus_r - 1.0)
-    trachea_r = max(9.0 * k, 3.0)
+    cav_v = -0.12 * semi_v
+    cavity_u, cavity_v = semi_u - wall, semi_v - wall - 0.12 * semi_v
+    spine_r = 0.25 * cavity_v
+    spine_v = cav_v + cavity_v - 0.2 * cavity_v
+    esophagus_r = max(7.0 * scale, 2.5)
+    esophagus_uv = (0.06 * cavity_u, spine_v - spine_r - esophagus_r - 1.0)
+    trachea_r = max(9.0 * scale, 3.0)
     trachea_uv = (0.0, esophagus_uv[1] - esophagus_r - trachea_r - 1.5)
-    aorta_r = max(12.0 * k, 3.0)
+    aorta_r = max(12.0 * scale, 3.0)
     dome_r = rng.uniform(0.26, 0.32)
     carina_t = rng.uniform(0.58, 0.64)
-    heart_semi = (0.42 * ac, 0.48 * bc, 0.15 * frame.span)
-    heart_center = (0.16 * ac + rng.uniform(-0.03, 0.03) * ac,
-                    cav_v - 0.3 * bc + rng.uniform(-0.03, 0.03) * bc,
+    heart_semi = (0.42 * cavity_u, 0.48 * cavity_v, 0.15 * frame.span)
+    heart_center = (0.16 * cavity_u + rng.uniform(-0.03, 0.03) * cavity_u,
+                    cav_v - 0.3 * cavity_v + rng.uniform(-0.03, 0.03) * cavity_v,
                     frame.w_at(rng.uniform(0.34, 0.39)))
     sex = "F" if rng.random() < 0.5 else "M"
     return _Anatomy(
-        sex=sex, a=a, b=b, fat=fat, muscle=muscle, rib=rib, cav_v=cav_v, ac=ac, bc=bc,
-        k=k, mediastinum_half=0.16 * ac,
+        sex=sex, body_semi_u=semi_u, body_semi_v=semi_v, fat=fat, muscle=muscle, rib=rib, cav_v=cav_v,
+        cavity_semi_u=cavity_u, cavity_semi_v=cavity_v, scale=scale, mediastinum_half=0.16 * cavity_u,
         dome_t={"right": dome_r, "left": dome_r - rng.uniform(0.02, 0.05)},
         carina_t=carina_t, arch_t=carina_t + rng.uniform(0.07, 0.10),
         fissure_t=rng.uniform(0.46, 0.52), horizontal_fissure_t=carina_t - rng.uniform(0.10, 0.14),
         spine_v=spine_v, spine_r=spine_r, esophagus_uv=esophagus_uv, esophagus_r=esophagus_r,
         trachea_uv=trachea_uv, trachea_r=trachea_r, aorta_r=aorta_r,
-        aorta_desc_uv=(0.22 * ac, spine_v - 0.35 * spine_r),
-        aorta_asc_uv=(-0.05 * ac, cav_v - 0.3 * bc - 0.1 * bc),
+        aorta_desc_uv=(0.22 * cavity_u, spine_v - 0.35 * spine_r),
+        aorta_asc_uv=(-0.05 * cavity_u, cav_v - 0.3 * cavity_v - 0.1 * cavity_v),
         heart_center=heart_center, heart_semi=heart_semi,
-        rib_phase=rng.uniform(0, 1), breast_semi_v=(0.2 if sex == "F" else 0.1) * b,
+        rib_phase=rng.uniform(0, 1), breast_semi_v=(0.2 if sex == "F" else 0.1) * semi_v,
     )
 
 
@@ -303,23 +303,24 @@ def _diaphragm_w(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
     """w of the diaphragm surface over (v, u): two domes, deepest in the posterior costophrenic recesses."""
     domes = []
     for side, s in (("right", -1.0), ("left", 1.0)):
-        du = (frame.u[0] - s * 0.45 * anatomy.ac) / anatomy.ac
-        dv = (frame.v[0] - anatomy.cav_v - 0.05 * anatomy.bc) / anatomy.bc
+        du = (frame.u[0] - s * 0.45 * anatomy.cavity_semi_u) / anatomy.cavity_semi_u
+        dv = (frame.v[0] - anatomy.cav_v - 0.05 * anatomy.cavity_semi_v) / anatomy.cavity_semi_v
         domes.append(frame.w_at(anatomy.dome_t[side]) - 0.22 * frame.span * (du ** 2 + dv ** 2))
     return np.maximum(domes[0], domes[1])[None]
 
 
 def _body(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
-    return _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a, anatomy.b)) | _breast_volume(frame, anatomy)
+    body = _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.body_semi_u, anatomy.body_semi_v))
+    return body | _breast_volume(frame, anatomy)
 
 
 def _breast_volume(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
     """Both breasts: ellipsoids on the anterior chest wall (larger when the phantom is female)."""
     out = frame.zeros()
-    semi_u = (0.26 if anatomy.sex == "F" else 0.18) * anatomy.a
+    semi_u = (0.26 if anatomy.sex == "F" else 0.18) * anatomy.body_semi_u
     for s in (-1.0, 1.0):
-        cu = s * 0.48 * anatomy.a
-        cv = -anatomy.b * np.sqrt(1 - 0.48 ** 2)
+        cu = s * 0.48 * anatomy.body_semi_u
+        cv = -anatomy.body_semi_v * np.sqrt(1 - 0.48 ** 2)
         out |= _ellipsoid(frame, (cu, cv, frame.w_at(0.45)), (semi_u, anatomy.breast_semi_v, 0.13 * frame.span))
     return out & (frame.v < 0)
 
@@ -327,8 +328,10 @@ def _breast_volume(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
 def _paint_table(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """The scanner table: a curved plate under the patient (no region)."""
     frame = canvas.frame
-    curve = anatomy.b + 3.0 + 0.1 * (frame.u / anatomy.a) ** 2 * anatomy.b
-    plate = _all_slices(frame, (frame.v >= curve) & (frame.v <= curve + 3.0) & (np.abs(frame.u) < 1.05 * anatomy.a))
+    curve = anatomy.body_semi_v + 3.0 + 0.1 * (frame.u / anatomy.body_semi_u) ** 2 * anatomy.body_semi_v
+    plate = _all_slices(
+        frame, (frame.v >= curve) & (frame.v <= curve + 3.0) & (np.abs(frame.u) < 1.05 * anatomy.body_semi_u)
+    )
     canvas.paint(plate, HU_TABLE, None, jitter=20)
 
 
@@ -336,15 +339,17 @@ def _paint_body_wall(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Skin and subcutaneous fat, then the chest wall muscles (no region: the body wall)."""
     frame = canvas.frame
     canvas.paint(_body(frame, anatomy), HU_FAT, None, jitter=8)
-    muscle = _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a - anatomy.fat, anatomy.b - anatomy.fat))
+    muscle = _elliptic_cylinder(
+        frame, (0.0, 0.0), (anatomy.body_semi_u - anatomy.fat, anatomy.body_semi_v - anatomy.fat)
+    )
     canvas.paint(muscle, HU_MUSCLE, None, jitter=6)
 
 
 def _paint_cavity(canvas: _Canvas, anatomy: _Anatomy, below: np.ndarray) -> np.ndarray:
     """The thoracic cavity filled with mediastinal fat (central part labelled mediastinum); returns it."""
     frame = canvas.frame
-    cavity = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac, anatomy.bc))
-    central = cavity & ~below & (np.abs(frame.u) < 0.35 * anatomy.ac)
+    cavity = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.cavity_semi_u, anatomy.cavity_semi_v))
+    central = cavity & ~below & (np.abs(frame.u) < 0.35 * anatomy.cavity_semi_u)
     canvas.paint(cavity & ~below, HU_SOFT_TISSUE, None, jitter=6)
     canvas.paint(central, HU_MEDIASTINAL_FAT, "mediastinum", jitter=8)
     return cavity
@@ -355,18 +360,24 @@ def _paint_abdomen(canvas: _Canvas, anatomy: _Anatomy, cavity: np.ndarray, below
     frame = canvas.frame
     abdomen = cavity & below
     canvas.paint(abdomen, HU_FAT, "abdomen", jitter=8)
-    liver = abdomen & (frame.u < 0.15 * anatomy.ac + 0.1 * (frame.v - anatomy.cav_v))
+    liver = abdomen & (frame.u < 0.15 * anatomy.cavity_semi_u + 0.1 * (frame.v - anatomy.cav_v))
     canvas.paint(liver, HU_LIVER, "abdomen", jitter=5)
     dome_l = frame.w_at(anatomy.dome_t["left"])
-    st_c = (0.42 * anatomy.ac, anatomy.cav_v - 0.25 * anatomy.bc, dome_l - 0.11 * frame.span)
-    st_semi = (0.3 * anatomy.ac, 0.42 * anatomy.bc, 0.12 * frame.span)
+    st_c = (0.42 * anatomy.cavity_semi_u, anatomy.cav_v - 0.25 * anatomy.cavity_semi_v, dome_l - 0.11 * frame.span)
+    st_semi = (0.3 * anatomy.cavity_semi_u, 0.42 * anatomy.cavity_semi_v, 0.12 * frame.span)
     stomach = _ellipsoid(frame, st_c, st_semi) & abdomen
     lumen = _ellipsoid(frame, st_c, [s - 2.5 for s in st_semi]) & abdomen
     canvas.paint(stomach, HU_SOFT_TISSUE, "abdomen", jitter=5)
     canvas.paint(lumen, HU_FLUID, "abdomen", jitter=5)
-    canvas.paint(lumen & (frame.v < st_c[1] - 0.15 * anatomy.bc), HU_AIR, "abdomen", jitter=5)
-    spleen = _ellipsoid(frame, (0.68 * anatomy.ac, anatomy.cav_v + 0.5 * anatomy.bc, dome_l - 0.08 * frame.span),
-                        (0.2 * anatomy.ac, 0.3 * anatomy.bc, 0.1 * frame.span)) & abdomen
+    canvas.paint(lumen & (frame.v < st_c[1] - 0.15 * anatomy.cavity_semi_v), HU_AIR, "abdomen", jitter=5)
+    spleen = (
+        _ellipsoid(
+            frame,
+            (0.68 * anatomy.cavity_semi_u, anatomy.cav_v + 0.5 * anatomy.cavity_semi_v, dome_l - 0.08 * frame.span),
+            (0.2 * anatomy.cavity_semi_u, 0.3 * anatomy.cavity_semi_v, 0.1 * frame.span),
+        )
+        & abdomen
+    )
     canvas.paint(spleen, HU_SPLEEN, "abdomen", jitter=5)
 
 
@@ -376,8 +387,14 @@ def _lung_space(frame: _Frame, anatomy: _Anatomy, cavity: np.ndarray, below: np.
     apex_t = 0.97
     rz = (apex_t - 0.45) * frame.span
     for side, s in (("right", -1.0), ("left", 1.0)):
-        core = _ellipsoid(frame, (s * 0.5 * anatomy.ac, anatomy.cav_v, frame.w_at(0.45)), (0.62 * anatomy.ac, 1.05 * anatomy.bc, rz))
-        medial = anatomy.mediastinum_half * (1.0 + 0.6 * ((frame.v - anatomy.cav_v) / anatomy.bc) ** 2)  # concave medial border
+        core = _ellipsoid(
+            frame,
+            (s * 0.5 * anatomy.cavity_semi_u, anatomy.cav_v, frame.w_at(0.45)),
+            (0.62 * anatomy.cavity_semi_u, 1.05 * anatomy.cavity_semi_v, rz),
+        )
+        medial = anatomy.mediastinum_half * (
+            1.0 + 0.6 * ((frame.v - anatomy.cav_v) / anatomy.cavity_semi_v) ** 2
+        )  # concave medial border
         out[side] = core & cavity & ~below & (s * frame.u > medial)
     return out
 
@@ -385,7 +402,9 @@ def _lung_space(frame: _Frame, anatomy: _Anatomy, cavity: np.ndarray, below: np.
 def _paint_lungs(canvas: _Canvas, anatomy: _Anatomy, space: dict[str, np.ndarray]) -> None:
     """Aerated lung, slightly denser posteriorly (dependent), with a little texture."""
     frame = canvas.frame
-    gradient = HU_LUNG + HU_LUNG_DEPENDENT_GRADIENT * np.clip((frame.v - anatomy.cav_v) / anatomy.bc, -1, 1) / 2
+    gradient = (
+        HU_LUNG + HU_LUNG_DEPENDENT_GRADIENT * np.clip((frame.v - anatomy.cav_v) / anatomy.cavity_semi_v, -1, 1) / 2
+    )
     hu = np.broadcast_to(gradient, frame.shape).astype(np.float32)
     for side in ("right", "left"):
         canvas.paint(space[side], hu, "lung", jitter=15)
@@ -397,9 +416,14 @@ def _paint_lung_vessels(canvas: _Canvas, anatomy: _Anatomy, lungs: np.ndarray) -
     rng = canvas.rng
     vessels = frame.zeros()
     for s in (-1.0, 1.0):
-        hilum = np.array([s * (anatomy.mediastinum_half + 0.12 * anatomy.ac), anatomy.cav_v + 0.05 * anatomy.bc,
-                          frame.w_at(anatomy.carina_t - 0.06)])
-        stack = [(hilum, None, max(3.0 * anatomy.k, 1.6), 0)]
+        hilum = np.array(
+            [
+                s * (anatomy.mediastinum_half + 0.12 * anatomy.cavity_semi_u),
+                anatomy.cav_v + 0.05 * anatomy.cavity_semi_v,
+                frame.w_at(anatomy.carina_t - 0.06),
+            ]
+        )
+        stack = [(hilum, None, max(3.0 * anatomy.scale, 1.6), 0)]
         while stack:
             start, parent_dir, radius, depth = stack.pop()
             n_children = 5 if depth == 0 else 2
@@ -408,7 +432,7 @@ def _paint_lung_vessels(canvas: _Canvas, anatomy: _Anatomy, lungs: np.ndarray) -
                 if parent_dir is not None:
                     d = d + 1.5 * parent_dir
                 d /= np.linalg.norm(d)
-                length = rng.uniform(0.25, 0.45) * anatomy.ac * (0.7 ** depth)
+                length = rng.uniform(0.25, 0.45) * anatomy.cavity_semi_u * (0.7 ** depth)
                 end = start + d * length
                 vessels |= _tube(frame, [start, end], radius)
                 if depth < 2:
@@ -435,7 +459,7 @@ def _paint_heart(canvas: _Canvas, anatomy: _Anatomy, enlarged: float, effusion_m
     fat = 1.0
     canvas.paint(shell(pericardium + effusion_mm), HU_FAT + 20, "heart", jitter=8)  # epicardial fat
     canvas.paint(shell(pericardium + effusion_mm + fat), HU_MYOCARDIUM, "heart", jitter=5)
-    canvas.paint(shell(pericardium + effusion_mm + fat + max(6.0 * anatomy.k, 2.5)), HU_BLOOD, "heart", jitter=5)
+    canvas.paint(shell(pericardium + effusion_mm + fat + max(6.0 * anatomy.scale, 2.5)), HU_BLOOD, "heart", jitter=5)
     return heart
 
 
@@ -444,7 +468,10 @@ def _aorta_centerline(frame: _Frame, anatomy: _Anatomy) -> list[tuple[float, flo
     past the diaphragm."""
     asc, desc = anatomy.aorta_asc_uv, anatomy.aorta_desc_uv
     w_arch = frame.w_at(anatomy.arch_t)
-    mid = (0.5 * (asc[0] + desc[0]) + 0.12 * anatomy.ac, anatomy.trachea_uv[1] - anatomy.trachea_r - anatomy.aorta_r)
+    mid = (
+        0.5 * (asc[0] + desc[0]) + 0.12 * anatomy.cavity_semi_u,
+        anatomy.trachea_uv[1] - anatomy.trachea_r - anatomy.aorta_r,
+    )
     return [(asc[0], asc[1], anatomy.heart_center[2]), (asc[0], asc[1], w_arch), (mid[0], mid[1], w_arch + 2.0),
             (desc[0], desc[1], w_arch), (desc[0], desc[1], frame.w1[0] - 10.0)]
 
@@ -457,10 +484,10 @@ def _paint_great_vessels(canvas: _Canvas, anatomy: _Anatomy, below: np.ndarray) 
     aorta = _tube(frame, line, anatomy.aorta_r)
     canvas.paint(aorta & ~below, HU_BLOOD, "mediastinum", jitter=5)
     canvas.paint(aorta & below, HU_BLOOD, "abdomen", jitter=5)
-    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.k, 2.5) - 1.0
+    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.scale, 2.5) - 1.0
     svc = _tube(frame, [(svc_u, anatomy.aorta_asc_uv[1] + 2.0, frame.w1[-1] + 5.0),
                     (svc_u, anatomy.aorta_asc_uv[1] + 2.0, anatomy.heart_center[2] + 0.5 * anatomy.heart_semi[2])],
-                max(6.0 * anatomy.k, 2.5))
+                max(6.0 * anatomy.scale, 2.5))
     canvas.paint(svc, HU_BLOOD, "mediastinum", jitter=5)
     return line
 
@@ -469,11 +496,18 @@ def _lymph_node_stations(frame: _Frame, anatomy: _Anatomy) -> dict[str, tuple[fl
     tu, tv = anatomy.trachea_uv
     r = anatomy.trachea_r
     return {
-        "right paratracheal region": (tu - r - 0.1 * anatomy.ac, tv, frame.w_at(anatomy.carina_t + 0.1)),
+        "right paratracheal region": (tu - r - 0.1 * anatomy.cavity_semi_u, tv, frame.w_at(anatomy.carina_t + 0.1)),
         "subcarinal region": (tu, tv + 0.6 * r, frame.w_at(anatomy.carina_t - 0.06)),
-        "prevascular region": (anatomy.aorta_asc_uv[0] + 0.05 * anatomy.ac, anatomy.aorta_asc_uv[1] - anatomy.aorta_r - 0.05 * anatomy.bc,
-                               frame.w_at(anatomy.arch_t - 0.05)),
-        "aortopulmonary window": (0.14 * anatomy.ac, tv - 0.2 * anatomy.bc, frame.w_at(anatomy.arch_t - 0.06)),
+        "prevascular region": (
+            anatomy.aorta_asc_uv[0] + 0.05 * anatomy.cavity_semi_u,
+            anatomy.aorta_asc_uv[1] - anatomy.aorta_r - 0.05 * anatomy.cavity_semi_v,
+            frame.w_at(anatomy.arch_t - 0.05),
+        ),
+        "aortopulmonary window": (
+            0.14 * anatomy.cavity_semi_u,
+            tv - 0.2 * anatomy.cavity_semi_v,
+            frame.w_at(anatomy.arch_t - 0.06),
+        ),
     }
 
 
@@ -506,15 +540,17 @@ def _paint_esophagus(canvas: _Canvas, anatomy: _Anatomy, hernia: bool) -> dict |
     eu, ev = anatomy.esophagus_uv
     w_hiatus = frame.w_at(anatomy.dome_t["left"] - 0.02)
     line = [(eu, ev, frame.w1[-1] + 5.0), (eu, ev, w_hiatus),
-            (eu + 0.25 * anatomy.ac, ev - 0.3 * anatomy.bc, w_hiatus - 0.06 * frame.span)]
+            (eu + 0.25 * anatomy.cavity_semi_u, ev - 0.3 * anatomy.cavity_semi_v, w_hiatus - 0.06 * frame.span)]
     tube = _tube(frame, line, anatomy.esophagus_r)
     canvas.paint(tube, HU_SOFT_TISSUE - 5, "esophagus", jitter=5)
-    lumen = _tube(frame, line[:2], max(anatomy.esophagus_r * 0.3, 0.8)) & (rng.random(frame.shape[0])[:, None, None] < 0.3)
+    lumen = _tube(frame, line[:2], max(anatomy.esophagus_r * 0.3, 0.8)) & (
+        rng.random(frame.shape[0])[:, None, None] < 0.3
+    )
     canvas.paint(lumen, HU_AIR + 200, "esophagus", jitter=30)
     if not hernia:
         return None
-    size = float(rng.uniform(0.35, 0.5) * anatomy.bc)
-    cen = (eu + 0.05 * anatomy.ac, ev + 0.1 * size, w_hiatus + 0.5 * size)
+    size = float(rng.uniform(0.35, 0.5) * anatomy.cavity_semi_v)
+    cen = (eu + 0.05 * anatomy.cavity_semi_u, ev + 0.1 * size, w_hiatus + 0.5 * size)
     sac = _ellipsoid(frame, cen, (size, 0.8 * size, size))
     inner = _ellipsoid(frame, cen, (size - 2.5, 0.8 * size - 2.5, size - 2.5))
     canvas.paint(sac, HU_SOFT_TISSUE, "esophagus", jitter=5)
@@ -529,9 +565,13 @@ def _paint_airways(canvas: _Canvas, anatomy: _Anatomy) -> None:
     tu, tv = anatomy.trachea_uv
     w_car = frame.w_at(anatomy.carina_t)
     r_b = 0.7 * anatomy.trachea_r
-    wall = max(1.5 * anatomy.k * 2, 1.2)
-    right = (tu - 0.3 * anatomy.ac, tv + 0.1 * anatomy.bc, w_car - 0.07 * frame.span)  # right main bronchus: steeper
-    left = (tu + 0.33 * anatomy.ac, tv + 0.12 * anatomy.bc, w_car - 0.1 * frame.span)
+    wall = max(1.5 * anatomy.scale * 2, 1.2)
+    right = (
+        tu - 0.3 * anatomy.cavity_semi_u,
+        tv + 0.1 * anatomy.cavity_semi_v,
+        w_car - 0.07 * frame.span,
+    )  # right main bronchus: steeper
+    left = (tu + 0.33 * anatomy.cavity_semi_u, tv + 0.12 * anatomy.cavity_semi_v, w_car - 0.1 * frame.span)
     trachea = [(tu, tv, frame.w1[-1] + 5.0), (tu, tv, w_car)]
     outer = _tube(frame, trachea, anatomy.trachea_r) | _tube(frame, [trachea[1], right], r_b) \
         | _tube(frame, [trachea[1], left], r_b)
@@ -545,7 +585,7 @@ def _paint_thyroid(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Two thyroid lobes either side of the trachea and the isthmus in front of it, in the top slices."""
     frame = canvas.frame
     tu, tv = anatomy.trachea_uv
-    lobe_semi = (max(6.0 * anatomy.k, 3.0), max(10.0 * anatomy.k, 4.0), 0.09 * frame.span)
+    lobe_semi = (max(6.0 * anatomy.scale, 3.0), max(10.0 * anatomy.scale, 4.0), 0.09 * frame.span)
     w = frame.w_at(0.93)
     gland = frame.zeros()
     for s in (-1.0, 1.0):
@@ -560,7 +600,9 @@ def _paint_breasts(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Breast fat with fibroglandular tissue, in front of the pectoral muscles."""
     frame, rng = canvas.frame, canvas.rng
     breasts = _breast_volume(frame, anatomy)
-    muscle_layer = _elliptic_cylinder(frame, (0.0, 0.0), (anatomy.a - anatomy.fat, anatomy.b - anatomy.fat))
+    muscle_layer = _elliptic_cylinder(
+        frame, (0.0, 0.0), (anatomy.body_semi_u - anatomy.fat, anatomy.body_semi_v - anatomy.fat)
+    )
     breasts &= ~muscle_layer
     canvas.paint(breasts, HU_FAT, "breast", jitter=8)
     glandular = breasts & (rng.random(frame.shape) < (0.5 if anatomy.sex == "F" else 0.15))
@@ -578,11 +620,11 @@ def _paint_spine(canvas: _Canvas, anatomy: _Anatomy) -> None:
     canal_v = anatomy.spine_v + anatomy.spine_r + canal_r + 1.0
     arch = _tube(frame, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r + 2.5)
     canal = _tube(frame, [(0.0, canal_v, top), (0.0, canal_v, bottom)], canal_r)
-    spinous_end = anatomy.b - anatomy.fat - 2.0
+    spinous_end = anatomy.body_semi_v - anatomy.fat - 2.0
     spinous = _all_slices(frame, (np.abs(frame.u) < 2.0) & (frame.v > canal_v) & (frame.v < spinous_end))
     transverse = _all_slices(frame, (np.abs(frame.u) < anatomy.spine_r * 1.6) & (np.abs(frame.v - canal_v + 0.5) < 2.0))
-    period = 28.0 * anatomy.k * 1.0 + 4.0
-    disc_level = ((frame.w - frame.w1[0]) % period) < max(5.0 * anatomy.k, 2.0)
+    period = 28.0 * anatomy.scale * 1.0 + 4.0
+    disc_level = ((frame.w - frame.w1[0]) % period) < max(5.0 * anatomy.scale, 2.0)
     canvas.paint(body | arch | spinous | transverse, HU_CORTICAL_BONE, "bone", jitter=40)
     canvas.paint(_tube(frame, axis, anatomy.spine_r - 1.5), HU_CANCELLOUS_BONE, "bone", jitter=30)
     canvas.paint(body & disc_level, HU_DISC, None, jitter=8)
@@ -594,25 +636,38 @@ def _paint_ribs(canvas: _Canvas, anatomy: _Anatomy) -> None:
     several of them into arcs; cortical rims with marrow inside. The anterior midline is left to the sternum
     and the posterior midline to the spine."""
     frame = canvas.frame
-    outer = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac + anatomy.rib, anatomy.bc + anatomy.rib), (0.08, 0.97))
-    inner = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.ac, anatomy.bc))
+    outer = _elliptic_cylinder(
+        frame,
+        (0.0, anatomy.cav_v),
+        (anatomy.cavity_semi_u + anatomy.rib, anatomy.cavity_semi_v + anatomy.rib),
+        (0.08, 0.97),
+    )
+    inner = _elliptic_cylinder(frame, (0.0, anatomy.cav_v), (anatomy.cavity_semi_u, anatomy.cavity_semi_v))
     band = outer & ~inner
-    theta = np.abs(np.arctan2(frame.u / anatomy.ac, (frame.v - anatomy.cav_v) / anatomy.bc))  # 0 posterior, pi anterior
-    arc_mm = theta * 0.5 * (anatomy.ac + anatomy.bc)
-    period = 26.0 * anatomy.k + 4.0
-    height = max(10.0 * anatomy.k, 3.5)
+    theta = np.abs(
+        np.arctan2(frame.u / anatomy.cavity_semi_u, (frame.v - anatomy.cav_v) / anatomy.cavity_semi_v)
+    )  # 0 posterior, pi anterior
+    arc_mm = theta * 0.5 * (anatomy.cavity_semi_u + anatomy.cavity_semi_v)
+    period = 26.0 * anatomy.scale + 4.0
+    height = max(10.0 * anatomy.scale, 3.5)
     phase = ((frame.w + 0.3 * arc_mm) / period + anatomy.rib_phase) % 1.0
     ribs = band & (phase < height / period)
-    ribs &= ~((np.abs(frame.u) < 0.22 * anatomy.ac) & (frame.v < anatomy.cav_v))
-    ribs &= ~(np.abs(frame.u) < 0.15 * anatomy.ac)
+    ribs &= ~((np.abs(frame.u) < 0.22 * anatomy.cavity_semi_u) & (frame.v < anatomy.cav_v))
+    ribs &= ~(np.abs(frame.u) < 0.15 * anatomy.cavity_semi_u)
     canvas.paint(ribs, HU_CORTICAL_BONE, "bone", jitter=40)
     core = ribs & (np.abs(phase - 0.5 * height / period) < 0.25 * height / period)
     canvas.paint(core, HU_RIB, "bone", jitter=30)
 
 
 def _sternum(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
-    front = anatomy.cav_v - anatomy.bc
-    return (np.abs(frame.u) < 0.12 * anatomy.ac) & (frame.v >= front - anatomy.rib) & (frame.v <= front) & (frame.t > 0.28) & (frame.t < 0.9)
+    front = anatomy.cav_v - anatomy.cavity_semi_v
+    return (
+        (np.abs(frame.u) < 0.12 * anatomy.cavity_semi_u)
+        & (frame.v >= front - anatomy.rib)
+        & (frame.v <= front)
+        & (frame.t > 0.28)
+        & (frame.t < 0.9)
+    )
 
 
 def _paint_sternum(canvas: _Canvas, anatomy: _Anatomy, wires: bool) -> dict | None:
@@ -653,7 +708,7 @@ def _paint_pleural_effusion(canvas: _Canvas, anatomy: _Anatomy, lung_space: dict
     frame, rng = canvas.frame, canvas.rng
     depth = float(rng.integers(18, 36))
     top_t = anatomy.dome_t[side] + rng.uniform(0.25, 0.35)
-    back = anatomy.cav_v + anatomy.bc * np.sqrt(np.clip(1 - (frame.u / anatomy.ac) ** 2, 0, 1))
+    back = anatomy.cav_v + anatomy.cavity_semi_v * np.sqrt(np.clip(1 - (frame.u / anatomy.cavity_semi_u) ** 2, 0, 1))
     taper = np.clip((top_t - frame.t) / (top_t - anatomy.dome_t[side] + 1e-6), 0, 1)
     fluid = lung_space[side] & (frame.v > back - depth * taper) & (taper > 0)
     fluid &= (canvas.region("lung") | canvas.region("pleura"))
@@ -727,7 +782,11 @@ def _paint_consolidation(canvas: _Canvas, anatomy: _Anatomy, lobes: dict, lungs:
     if idx is None:
         idx = tuple(s // 2 for s in frame.shape)
     center = frame.point_of(idx)
-    semi = (rng.uniform(0.3, 0.4) * anatomy.ac, rng.uniform(0.4, 0.55) * anatomy.bc, rng.uniform(0.12, 0.18) * frame.span)
+    semi = (
+        rng.uniform(0.3, 0.4) * anatomy.cavity_semi_u,
+        rng.uniform(0.4, 0.55) * anatomy.cavity_semi_v,
+        rng.uniform(0.12, 0.18) * frame.span,
+    )
     blob = _ellipsoid(frame, center, semi) & region
     canvas.paint(blob, HU_SOFT_TISSUE - 5, False, jitter=10)
     bronchus = _tube(frame, [center, (center[0] + semi[0] * 0.8 * np.sign(center[0]), center[1], center[2])], 1.0)
@@ -776,11 +835,14 @@ def _paint_catheter(canvas: _Canvas, anatomy: _Anatomy) -> dict:
     """A central venous catheter entering from the right at the top and running down the superior vena cava
     to the cavoatrial junction."""
     frame = canvas.frame
-    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.k, 2.5) - 1.0
+    svc_u = anatomy.aorta_asc_uv[0] - anatomy.aorta_r - max(6.0 * anatomy.scale, 2.5) - 1.0
     svc_v = anatomy.aorta_asc_uv[1] + 2.0
     tip_w = anatomy.heart_center[2] + 0.5 * anatomy.heart_semi[2]
-    line = [(-0.45 * anatomy.ac, anatomy.cav_v - 0.5 * anatomy.bc, frame.w1[-1] + 5.0), (svc_u, svc_v, frame.w_at(0.85)),
-            (svc_u, svc_v, tip_w)]
+    line = [
+        (-0.45 * anatomy.cavity_semi_u, anatomy.cav_v - 0.5 * anatomy.cavity_semi_v, frame.w1[-1] + 5.0),
+        (svc_u, svc_v, frame.w_at(0.85)),
+        (svc_u, svc_v, tip_w),
+    ]
     tube = _tube(frame, line, 2.5)
     canvas.paint(tube, HU_CATHETER, "mediastinum", jitter=60)
     return {"device": "central venous catheter", "region": "mediastinum"}
@@ -895,7 +957,10 @@ def make_phantom(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
     hu += rng.normal(0.0, NOISE_SD_HU, size=hu.shape).astype(np.float32)
     hu = np.clip(np.rint(hu), HU_MIN_STORED, HU_MAX_STORED).astype(np.int16)
     masks = {r: canvas.label == _LABEL_OF[r] for r in REGIONS}
-    anatomy_record = {"sex": anatomy.sex, "body_semi_axes_mm": [round(anatomy.a, 1), round(anatomy.b, 1)],
-               "cardiothoracic_ratio": round(float(anatomy.heart_semi[0] * enlarged / anatomy.ac), 2)}
+    anatomy_record = {
+        "sex": anatomy.sex,
+        "body_semi_axes_mm": [round(anatomy.body_semi_u, 1), round(anatomy.body_semi_v, 1)],
+        "cardiothoracic_ratio": round(float(anatomy.heart_semi[0] * enlarged / anatomy.cavity_semi_u), 2),
+    }
     geometry = PhantomGeometry(geometry0.size, geometry0.spacing, geometry0.origin, anatomy=anatomy_record)
     return hu, masks, found, geometry
