@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file
 
 from reg2rg.constants import REGIONS
@@ -106,17 +107,23 @@ OVERFIT_STEPS = 600
 
 
 def overfit_model(tmp_path_factory) -> tuple[Path, SynthDataset]:
-    """A tiny model trained (once per session) on 12 synthetic scans of 2-3 regions in a new order at every step."""
-    base = tmp_path_factory.getbasetemp() / "overfit"
+    """A tiny model trained (once per test run) on 12 synthetic scans of 2-3 regions in a new order at every step.
+    Under xdist the workers share it: the first to ask trains it in the run's common temporary folder while the
+    other waits on a file lock (tests/test_generate.py uses it too, often on the other worker)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above the workers' own (popen-gw0, popen-gw1)
+    base = root / "overfit"
     cfg = small_config(lora={"dropout": 0.0})
     dataset = SynthDataset(12, cfg.input_size, seed=1)
-    if not (base / "model" / "run_config.json").is_file():
-        tokenizer = make_tokenizer(base / "tokenizer")
-        training = TrainingConfig(max_steps=OVERFIT_STEPS, per_device_batch_size=4, effective_batch_size=4,
-                                  learning_rate=1e-3, warmup_steps=10, mixed_precision="no", seed=0,
-                                  checkpoint_every=OVERFIT_STEPS, log_every=50, num_workers=0)
-        train(cfg, training, dataset=dataset, tokenizer=tokenizer, work_dir=base / "work", out_dir=base / "model",
-              run_info={"dataset": "synthetic", "preset": "tiny"})
+    with FileLock(str(root / "overfit.lock")):
+        if not (base / "model" / "run_config.json").is_file():
+            tokenizer = make_tokenizer(base / "tokenizer")
+            training = TrainingConfig(max_steps=OVERFIT_STEPS, per_device_batch_size=4, effective_batch_size=4,
+                                      learning_rate=1e-3, warmup_steps=10, mixed_precision="no", seed=0,
+                                      checkpoint_every=OVERFIT_STEPS, log_every=50, num_workers=0)
+            train(cfg, training, dataset=dataset, tokenizer=tokenizer, work_dir=base / "work",
+                  out_dir=base / "model", run_info={"dataset": "synthetic", "preset": "tiny"})
     return base / "model", dataset
 
 
