@@ -11,6 +11,7 @@ from reg2rg.ablation import (COLUMNS, CONTROL_SETTINGS, PAPER_SETTINGS, ablation
                              setting_flags)
 from reg2rg.errors import InputError
 from reg2rg.model.config import Reg2RGConfig
+from workflow_runs import workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,13 +119,10 @@ def test_config_settings_match_the_paper_and_build_on_the_tiny_preset():
 def test_full_model_setting_reuses_the_workflow_model(tmp_path, training, d_trains):
     """`d` is the data set's own model and training: the table evaluates results/{dataset}/model instead of training
     it a second time, unless ablations.training makes its training differ."""
-    import shutil
     import subprocess
     import sys
 
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    workflow_copy(tmp_path)
     (tmp_path / "over.yaml").write_text(yaml.safe_dump({"ablations": {"table": ["baseline", "d"],
                                                                       "training": training}}))
     # --cores 2: a dry run otherwise caps every job at one thread, and the thread checks below could not fail.

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_shards import file_digests, jobs_run, manifests, workflow_copy
+from workflow_runs import file_digests, jobs_run, manifests, workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -311,13 +311,13 @@ def test_sat_and_serving_jobs_get_their_gpu_on_the_gpu_partition(slurm_env, tmp_
     """CTRG through SLURM: SAT (a stand-in program speaking SAT's formats, started with torchrun from a checkout)
     and the LLM split that serves its model (a stand-in `vllm` on the PATH speaking the OpenAI protocol) each
     run as GPU jobs, with one GPU allocated, on the `gpu` partition; the manifests come out complete."""
-    from test_ctrg import SMALL, sat_standin_checkout, vllm_standin_bin
+    from standins import sat_standin_checkout, vllm_standin_bin
 
     from reg2rg import demo
 
     env = dict(slurm_env)
     root = tmp_path / "ctrg"
-    summary = demo.make_demo_dataset("ctrg", root, cases=4, seed=6, shape=SMALL, sat_standin=False)
+    summary = demo.make_demo_dataset("ctrg", root, cases=4, seed=6, shape=(96, 80, 24), sat_standin=False)
     sat_repo = sat_standin_checkout(tmp_path / "SAT")
     (tmp_path / "sat.pth").write_text("weights")
     fake_bin = vllm_standin_bin(tmp_path / "bin")

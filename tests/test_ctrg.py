@@ -19,6 +19,8 @@ from reg2rg import demo
 from reg2rg.constants import REGIONS
 from reg2rg.layouts import ctrg, inventory
 from reg2rg.errors import ConfigError, InputError
+from standins import sat_standin_checkout, vllm_standin_bin
+from workflow_runs import workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (96, 80, 24)
@@ -229,14 +231,6 @@ def test_demo_standin_for_a_sat_run_imports_to_the_true_masks(demo_root, tmp_pat
     assert (root / "sat_standin" / "README.txt").read_text().startswith("A STAND-IN FOR A SAT RUN")
 
 
-def _workflow_copy(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
-
-
 def _run_snakemake(wd: Path, *args: str, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
     import os
 
@@ -250,7 +244,7 @@ def _run_snakemake(wd: Path, *args: str, path_prefix: Path | None = None) -> sub
 
 
 def test_train_ctrg_without_root_says_which_key_to_set(tmp_path):
-    wd = _workflow_copy(tmp_path / "wf")
+    wd = workflow_copy(tmp_path / "wf")
     snakemake = Path(sys.executable).parent / "snakemake"
     proc = subprocess.run([str(snakemake), "-n", "train_ctrg"], cwd=wd, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -262,7 +256,7 @@ def test_train_demo_ctrg_end_to_end(tmp_path):
     """`snakemake train_demo_ctrg`: DICOM ingest -> SAT-format import -> split -> manifest -> cache -> train."""
     import yaml
 
-    wd = _workflow_copy(tmp_path / "wf")
+    wd = workflow_copy(tmp_path / "wf")
     (wd / "small.yaml").write_text(yaml.safe_dump(
         {"datasets": {"demo_ctrg": {"generate": {"cases": 4, "seed": 3, "test_fraction": 0.25,
                                                  "shape": list(SMALL)},
@@ -286,83 +280,6 @@ def test_train_demo_ctrg_end_to_end(tmp_path):
     assert set(reports.splitter) == {"rules-v1"} and (reports.split_status == "ok").all()
 
 
-# A stand-in for SAT's checkout: inference.py reads the jsonl and writes outputs the way SAT's code does
-# (nibabel load; RAS orientation and 1 x 1 x 3 mm required as given, since SAT's Orientationd/Spacingd leave
-# such an input alone; crop to voxels > 0; per prompt a 0/1 float array with an identity affine). It
-# "segments" by HU thresholds, so that the test knows the answer: written independently of reg2rg.
-FAKE_SAT_INFERENCE = '''
-import argparse, json, os
-import nibabel as nib
-import numpy as np
-
-THRESHOLDS = {"heart": (20, 80), "sternum": (200, 4000), "liver": (50, 70)}
-
-p = argparse.ArgumentParser()
-p.add_argument("--rcd_dir")
-p.add_argument("--datasets_jsonl")
-args, _ = p.parse_known_args()
-assert os.environ.get("LOCAL_RANK") == "0"  # started by torchrun
-# SAT's Knowledge_Encoder loads AutoModel.from_pretrained("FremyCompany/BioLORD-2023-C"): a local folder of that
-# name in the working directory, with the hub switched off
-assert os.path.isfile(os.path.join("FremyCompany", "BioLORD-2023-C", "config.json")), os.getcwd()
-assert os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-for line in open(args.datasets_jsonl):
-    d = json.loads(line)
-    img = nib.load(d["image"])
-    arr = np.asanyarray(img.dataobj).astype(np.float32)
-    assert nib.aff2axcodes(img.affine) == ("R", "A", "S"), img.affine
-    assert np.allclose(img.header.get_zooms(), (1, 1, 3)), img.header.get_zooms()
-    fg = np.argwhere(arr > 0)
-    lo, hi = fg.min(0), fg.max(0) + 1
-    crop = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    sample_id = d["image"].split("/")[-1].replace(".nii.gz", "")
-    out = os.path.join(args.rcd_dir, d["dataset"], "seg_" + sample_id)
-    os.makedirs(out, exist_ok=True)
-    results = np.zeros(crop.shape)
-    for j, label in enumerate(d["label"]):
-        a, b = THRESHOLDS.get(label, (1e9, 1e9))
-        pred = ((crop > a) & (crop < b)).astype(np.float32)
-        results += pred * (j + 1)
-        nib.save(nib.Nifti1Image(pred, np.eye(4)), os.path.join(out, label + ".nii.gz"))
-    folder = os.path.join(args.rcd_dir, d["dataset"])
-    nib.save(nib.Nifti1Image(results, np.eye(4)), os.path.join(folder, "seg_" + sample_id + ".nii.gz"))
-    nib.save(nib.Nifti1Image((crop - crop.mean()) / crop.std(), np.eye(4)),
-             os.path.join(folder, "img_" + sample_id + ".nii.gz"))
-'''
-
-
-def sat_standin_checkout(sat_repo: Path) -> Path:
-    """A SAT checkout whose inference.py is the stand-in program (FAKE_SAT_INFERENCE), with SAT's U-Net package,
-    and beside it `BioLORD-2023-C/`, a folder standing for the local copy of SAT's text encoder model."""
-    (sat_repo / "dynamic_network_architectures").mkdir(parents=True)
-    (sat_repo / "dynamic_network_architectures" / "__init__.py").write_text("")
-    (sat_repo / "inference.py").write_text(FAKE_SAT_INFERENCE)
-    biolord_standin(sat_repo.parent / "BioLORD-2023-C")
-    return sat_repo
-
-
-def biolord_standin(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text('{"model_type": "mpnet"}')
-    return folder
-
-
-def vllm_standin_bin(fake_bin: Path) -> Path:
-    """A folder with a `vllm` program that checks its `serve` arguments and runs the local OpenAI stand-in
-    (tests/openai_standin.py) on the port it was given: put it first on the PATH."""
-    fake_bin.mkdir(parents=True)
-    standin = Path(__file__).resolve().parent / "openai_standin.py"
-    (fake_bin / "vllm").write_text(
-        f"#!{sys.executable}\n"
-        "import sys, subprocess\n"
-        "args = sys.argv[1:]\n"
-        "assert args[0] == 'serve' and '--served-model-name' in args, args\n"
-        "port = args[args.index('--port') + 1]\n"
-        f"sys.exit(subprocess.call([{sys.executable!r}, {str(standin)!r}, '--port', port, '--startup-delay', '1']))\n")
-    (fake_bin / "vllm").chmod(0o755)
-    return fake_bin
-
-
 @pytest.mark.slow
 def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
     """The `ctrg` data set as a user runs it: SAT from a checkout (a stand-in program speaking SAT's file
@@ -373,7 +290,7 @@ def test_ctrg_with_sat_and_llm_endpoint(tmp_path):
 
     import yaml
 
-    wd = _workflow_copy(tmp_path / "wf")
+    wd = workflow_copy(tmp_path / "wf")
     root = tmp_path / "ctrg"
     summary = demo.make_demo_dataset("ctrg", root, cases=4, seed=6, shape=SMALL, sat_standin=False)
     sat_repo = sat_standin_checkout(tmp_path / "SAT")
@@ -427,7 +344,7 @@ def test_split_reports_serves_the_llm_itself_and_stops_it(tmp_path):
 
     from reg2rg.split.serve import is_healthy
 
-    wd = _workflow_copy(tmp_path / "wf")
+    wd = workflow_copy(tmp_path / "wf")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -3,7 +3,6 @@ predictions file, and region recognition on malformed generations."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from reg2rg.constants import REGIONS
 from reg2rg.evaluate import evaluate_predictions
 from reg2rg.evaluate.recognition import MISSING, recognition_metrics, region_pairs
 from reg2rg.rra import build_rra_target
+from workflow_runs import workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -91,9 +91,7 @@ def _predictions(path: Path):
 
 @pytest.mark.slow
 def test_evaluate_rule_writes_metrics_and_plot(tmp_path):
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    workflow_copy(tmp_path)
     (tmp_path / "results" / "demo").mkdir(parents=True)
     _predictions(tmp_path / "results" / "demo" / "predictions.parquet")
     proc = subprocess.run([str(SNAKEMAKE), "--cores", "1", "results/demo/metrics.json", "--allowed-rules", "evaluate",

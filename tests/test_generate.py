@@ -16,7 +16,8 @@ from reg2rg.constants import REGIONS
 from reg2rg.generate import COLUMNS, GenerationSettings, generate_predictions, reference_text
 from reg2rg.model import load_trained
 from reg2rg.rra import parse_rra
-from test_train import overfit_model, recognition
+from tiny_models import overfit_model, recognition
+from workflow_runs import workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,9 +204,7 @@ def test_generate_command(trained, real_cache, tmp_path):
 
 
 def test_workflow_radgenome_predictions_without_root_names_the_key(tmp_path):
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    workflow_copy(tmp_path)
     proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n",
                            "results/radgenome/predictions.parquet"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
@@ -221,9 +220,7 @@ def test_demo_workflow_trains_and_generates(tmp_path):
     second run has nothing to do, and a lost model folder is rewritten from the last checkpoint."""
     import yaml
 
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    workflow_copy(tmp_path)
     small = {"datasets": {"demo": {"generate": {"cases": 4, "seed": 0, "test_fraction": 0.25,
                                                 "shape": [112, 96, 32]}}},
              "training": {"tiny": {"max_steps": 4, "checkpoint_every": 2, "log_every": 2}},

@@ -12,6 +12,7 @@ from conftest import SHARED_DATA, needs_fixtures
 from reg2rg.constants import ABNORMALITY_LABELS
 from reg2rg.errors import InputError
 from reg2rg.evaluate import labelers as L
+from tiny_models import save_tiny_radbert
 
 REPO = Path(__file__).resolve().parent.parent
 CT_CLIP_CSV = SHARED_DATA / "ct-clip-reports" / "train.csv"
@@ -140,37 +141,7 @@ def test_label_cli_errors_name_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ RadBERT
 @pytest.fixture(scope="module")
 def tiny_radbert(tmp_path_factory):
-    """A tiny random RoBERTa saved with save_pretrained, a byte-level BPE tokenizer trained here, and a
-    state dict in RadBertClassifier.pth's key layout (model.* + classifier.*, with the position_ids buffer
-    older transformers saved)."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
-
-    d = tmp_path_factory.mktemp("radbert")
-    bpe = ByteLevelBPETokenizer()
-    corpus = [t for t, _ in CASES] * 3
-    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save_model(str(d))
-    # A folder as RadBERT-RoBERTa-4m's: vocab.json and merges.txt, read through AutoTokenizer (the labeler's way,
-    # and one that works from the transformers floor up; RobertaTokenizerFast(vocab_file, merges_file) does not).
-    (d / "tokenizer_config.json").write_text('{"tokenizer_class": "RobertaTokenizer"}')
-    tok = AutoTokenizer.from_pretrained(str(d))
-    tok.save_pretrained(str(d))
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    enc = RobertaModel(cfg, add_pooling_layer=True).eval()
-    enc.save_pretrained(str(d))
-    head = torch.nn.Linear(32, 18)
-    state = {f"model.{k}": v for k, v in enc.state_dict().items()}
-    state["model.embeddings.position_ids"] = torch.arange(40).unsqueeze(0)
-    state.update({f"classifier.{k}": v for k, v in head.state_dict().items()})
-    ckpt = d / "RadBertClassifier.pth"
-    torch.save(state, ckpt)
-    return d, ckpt, tok, enc, head
+    return save_tiny_radbert(tmp_path_factory.mktemp("radbert"), [t for t, _ in CASES])
 
 
 def test_radbert_matches_manual_forward(tiny_radbert):

@@ -13,10 +13,10 @@ import SimpleITK as sitk
 import yaml
 
 from conftest import SHARED_DATA, needs_fixtures
-from test_ctrg import FAKE_SAT_INFERENCE, biolord_standin
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError, InputError
 from reg2rg.segment.sat import SAT_DEFAULTS, sat_command, run_sat_case
+from standins import FAKE_SAT_INFERENCE, sat_standin_checkout
 
 CT = SHARED_DATA / "cip-ct64" / "ct-64.nrrd"
 pytestmark = needs_fixtures(CT)
@@ -24,13 +24,11 @@ PROMPTS = {"heart": ["heart"], "bone": ["sternum", "rib 1"], "abdomen": ["liver"
 
 
 def _fake_sat(root: Path, program: str = FAKE_SAT_INFERENCE) -> dict:
-    repo = root / "SAT"
-    (repo / "dynamic_network_architectures").mkdir(parents=True)
-    (repo / "dynamic_network_architectures" / "__init__.py").write_text("")
-    (repo / "inference.py").write_text(program)
+    """SAT settings naming a stand-in checkout that runs `program` (the stand-in SAT by default)."""
+    repo = sat_standin_checkout(root / "SAT", program)
     (root / "sat.pth").write_text("weights")
     return {"repo": str(repo), "checkpoint": str(root / "sat.pth"), "text_encoder_checkpoint": str(root / "sat.pth"),
-            "text_encoder_model": str(biolord_standin(root / "BioLORD-2023-C")), "master_port": 29631}
+            "text_encoder_model": str(root / "BioLORD-2023-C"), "master_port": 29631}
 
 
 @pytest.fixture(scope="module")

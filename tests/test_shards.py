@@ -2,21 +2,13 @@
 which shards rerun, the gather, and the workflow run locally with shards against one without."""
 from __future__ import annotations
 
-import hashlib
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from reg2rg import shards
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-
+from workflow_runs import file_digests, jobs_run, manifests, snakemake, workflow_copy
 
 def test_plan_cuts_sorted_ids_into_runs_of_the_shard_size():
     ids = [f"case_{i:03d}" for i in (5, 1, 3, 2, 4, 0, 6)]
@@ -68,43 +60,6 @@ def test_gather_sorts_and_refuses_a_scan_in_two_shards():
 
 
 # ---- The workflow with shards ---------------------------------------------------------------------------------
-
-def workflow_copy(dest: Path, config: dict) -> Path:
-    """A copy of the repository's workflow in `dest` with `config` as run.yaml."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    (dest / "run.yaml").write_text(yaml.safe_dump(config))
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(SNAKEMAKE), *args, "--configfile", "run.yaml"], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> number of jobs that a snakemake run finished (from its log)."""
-    counts: dict[str, int] = {}
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "(Rule: " in line and "Finished job" in line:
-            rule = line.split("(Rule: ")[1].rstrip(")")
-            counts[rule] = counts.get(rule, 0) + 1
-    return counts
-
-
-def file_digests(root: Path, pattern: str) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob(pattern))}
-
-
-def manifests(res: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(res / "manifest" / f"{s}.parquet") for s in ("train", "test")],
-                     ignore_index=True)
-
 
 @pytest.mark.slow
 def test_sharded_stages_equal_the_unsharded_run_and_rerun_only_changed_shards(tmp_path):

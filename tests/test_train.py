@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from filelock import FileLock
 from safetensors.torch import load_file
 
 from reg2rg.constants import REGIONS
 from reg2rg.errors import ConfigError
-from reg2rg.model import load_preset, load_tokenizer, load_trained, train_tiny_tokenizer
+from reg2rg.model import load_preset, load_trained
 from reg2rg.rra import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
 from reg2rg.dataset import make_batch
 from reg2rg.checkpoints import latest_checkpoint
@@ -30,101 +29,13 @@ from reg2rg.train import (
     train,
     training_texts,
 )
+from tiny_models import SynthDataset, make_tokenizer, overfit_model, recognition, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-TEXT = "ok."  # every region's text: the targets differ only by their area names
-
-
-def small_config(**overrides):
-    """The tiny preset shrunk to test size (same code path)."""
-    return load_preset("tiny", **{
-        "input_size": [32, 32, 8],
-        "vit": {"patch_size": [16, 16, 4]},
-        "mask_encoder": {"patch_size": [16, 16, 8]},
-        "perceiver": {"num_latents": 4},
-        "llm": {"sizes": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                          "num_key_value_heads": 4, "intermediate_size": 128, "max_position_embeddings": 1024}},
-        **overrides,
-    })
-
-
-class SynthDataset(torch.utils.data.Dataset):
-    """Items like reg2rg.dataset.Reg2RGDataset's ([.., Z, Y, X], regions ascending). Region r has a fixed random
-    texture (plus per-scan noise) and a box mask at its own place; the global input is the same for every scan."""
-
-    def __init__(self, n, input_size, seed=0, min_regions=2, max_regions=3, text=TEXT):
-        x, y, z = input_size
-        rng = np.random.default_rng(seed)
-        self.items = []
-        for s in range(n):
-            k = int(rng.integers(min_regions, max_regions + 1))
-            regions = sorted(int(r) for r in rng.choice(len(REGIONS), size=k, replace=False))
-            tex, geo = [], []
-            for r in regions:
-                base = np.random.default_rng(100 + r).normal(0, 0.5, (1, z, y, x))
-                tex.append(torch.from_numpy((base + rng.normal(0, 0.1, (1, z, y, x))).astype(np.float32)))
-                m = np.zeros((1, z, y, x), np.float32)
-                x0, y0 = (r % 5) * (x // 5), (r // 5) * (y // 2)
-                m[:, :, y0:y0 + y // 2, x0:x0 + x // 5] = 1
-                geo.append(torch.from_numpy(m))
-            self.items.append({"case_id": f"case_{s}", "global": torch.zeros((1, z, y, x)),
-                               "texture": torch.stack(tex), "geometry": torch.stack(geo), "regions": regions,
-                               "region_texts": [text] * k, "report": f"report {s}"})
-        self.samples = [{"case_id": it["case_id"]} for it in self.items]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-def make_tokenizer(folder):
-    texts = [f"The region {i} is {a}: {TEXT}" for i in range(1, 11) for a in REGIONS]
-    train_tiny_tokenizer(texts * 3, 400, folder)
-    return load_tokenizer(folder)
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-
-
-def recognition(df) -> tuple[int, int]:
-    """(regions named with their true area, regions) of a predictions table."""
-    ok = total = 0
-    for regions, areas in zip(df["regions"], df["region_areas"]):
-        named = {int(p["index"]): p["named_area"] for p in regions}
-        for i, area in enumerate(areas):
-            total += 1
-            ok += named.get(i + 1) == area
-    return ok, total
-
-
-# 400 steps named 29 of 30 regions of the 12 scans (transformers 5.24, torch 2.13): 600 name all 30.
-OVERFIT_STEPS = 600
-
-
-def overfit_model(tmp_path_factory) -> tuple[Path, SynthDataset]:
-    """A tiny model trained (once per test run) on 12 synthetic scans of 2-3 regions in a new order at every step.
-    Under xdist the workers share it: the first to ask trains it in the run's common temporary folder while the
-    other waits on a file lock (tests/test_generate.py uses it too, often on the other worker)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's folder, above the workers' own (popen-gw0, popen-gw1)
-    base = root / "overfit"
-    cfg = small_config(lora={"dropout": 0.0})
-    dataset = SynthDataset(12, cfg.input_size, seed=1)
-    with FileLock(str(root / "overfit.lock")):
-        if not (base / "model" / "run_config.json").is_file():
-            tokenizer = make_tokenizer(base / "tokenizer")
-            training = TrainingConfig(max_steps=OVERFIT_STEPS, per_device_batch_size=4, effective_batch_size=4,
-                                      learning_rate=1e-3, warmup_steps=10, mixed_precision="no", seed=0,
-                                      checkpoint_every=OVERFIT_STEPS, log_every=50, num_workers=0)
-            train(cfg, training, dataset=dataset, tokenizer=tokenizer, work_dir=base / "work",
-                  out_dir=base / "model", run_info={"dataset": "synthetic", "preset": "tiny"})
-    return base / "model", dataset
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -318,7 +229,7 @@ LAUNCHER = '''
 import logging, sys
 sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.INFO)
-from test_train import SynthDataset, small_config
+from tiny_models import SynthDataset, small_config
 from reg2rg.model import load_tokenizer
 from reg2rg.train import TrainingConfig, train
 cfg = small_config()

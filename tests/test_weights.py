@@ -11,21 +11,22 @@ import torch
 import yaml
 
 from reg2rg.weights import check_weights
-from test_labelers import tiny_radbert  # noqa: F401 - a fixture
-from test_model import PAPER_SMALL, save_tiny_llm, tok, tok_dir, write_radfm_files  # noqa: F401
+from radfm_reference import write_radfm_files
+from tiny_models import PAPER_SMALL, save_tiny_llm, save_tiny_radbert
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def weights(tmp_path, tok, tiny_radbert):  # noqa: F811 - fixtures
+def weights(tmp_path):
     """A config naming tiny random files in every layout check-weights reads (paths relative to tmp_path)."""
-    from reg2rg.model import load_preset
+    from reg2rg.model import load_preset, load_tokenizer, train_tiny_tokenizer
 
-    save_tiny_llm("llama", tok, tmp_path / "models" / "llm")
+    train_tiny_tokenizer(["No pleural effusion.", "Heart size is normal."] * 5, 320, tmp_path / "tokenizer")
+    save_tiny_llm("llama", load_tokenizer(tmp_path / "tokenizer"), tmp_path / "models" / "llm")
     (tmp_path / "models" / "RadFM").mkdir()
     write_radfm_files(load_preset("paper", **PAPER_SMALL), tmp_path / "models" / "RadFM")
-    radbert_dir, radbert_ckpt, *_ = tiny_radbert
+    radbert_dir, radbert_ckpt, *_ = save_tiny_radbert(tmp_path / "radbert", ["No pleural effusion.", "Emphysema."])
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["presets"]["paper"].update(PAPER_SMALL)
     config["presets"]["paper"]["llm"]["path"] = "models/llm"

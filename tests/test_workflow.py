@@ -13,15 +13,14 @@ import pytest
 import yaml
 
 from reg2rg import demo
+from workflow_runs import workflow_copy
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
 def _workflow_copy(tmp_path: Path, cases: int, seed: int) -> Path:
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    workflow_copy(tmp_path)
     cfg = {"datasets": {"demo": {"generate": {"cases": cases, "seed": seed, "test_fraction": 0.25,
                                               "shape": [112, 96, 32]}}}}
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
