@@ -38,15 +38,20 @@ def _run_one(func: Callable[..., Any], case_id: str, kwargs: dict) -> dict:
     return {"case_id": case_id, "status": "ok", "reason": ""}
 
 
-def ready_after(inventory, stage_status, not_ready: str) -> tuple[list, list[dict]]:
+def ready_after(inventory, stage_status, not_ready: str, *, pass_on: bool = False) -> tuple[list, list[dict]]:
     """Split an inventory by an earlier stage's status table (`case_id, status, reason`): the inventory rows
-    (itertuples) of the scans it made (`ok`), and a `skipped` row with reason `not_ready` for every other scan,
-    for run_per_case's `not_run`."""
-    made = {r.case_id for r in stage_status.itertuples() if r.status == "ok"}
+    (itertuples) of the scans it made (`ok`), and a row for run_per_case's `not_run` for every other scan:
+    `skipped` with reason `not_ready`, or with `pass_on` the earlier stage's own status (`skipped`, else `error`)
+    and reason for a scan the table holds (`not_ready` only for one it lacks)."""
+    earlier = {r.case_id: (r.status, r.reason) for r in stage_status.itertuples()}
     ready, skipped = [], []
     for inv in inventory.itertuples():
-        if inv.case_id in made:
+        status, reason = earlier.get(inv.case_id, (None, None))
+        if status == "ok":
             ready.append(inv)
+        elif pass_on and status is not None:
+            skipped.append({"case_id": inv.case_id, "status": "skipped" if status == "skipped" else "error",
+                            "reason": reason})
         else:
             skipped.append({"case_id": inv.case_id, "status": "skipped", "reason": not_ready})
     return ready, skipped

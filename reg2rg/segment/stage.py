@@ -93,20 +93,14 @@ def import_inventory(inventory, prepare_status, volumes_dir, records_dir, sat_di
     are checked against our SAT input before import)."""
     import json
 
-    from reg2rg.per_scan import run_per_case
+    from reg2rg.per_scan import ready_after, run_per_case
 
     mapping = sat.region_prompts(prompts)
     derive = sat.derived_regions(prompts)  # the pleura, unless the config gives its prompts
     standin = json.loads(Path(standin_index).read_text()) if standin_index else None
-    prepared = {r.case_id: (r.status, r.reason) for r in prepare_status.itertuples()}
-    jobs, skipped = [], []
-    for inv in inventory.itertuples():
-        st = prepared.get(inv.case_id)
-        if st is None or st[0] != "ok":
-            skipped.append({"case_id": inv.case_id,
-                            "status": "skipped" if st is None or st[0] == "skipped" else "error",
-                            "reason": "not prepared for SAT" if st is None else st[1]})
-            continue
+    ready, skipped = ready_after(inventory, prepare_status, "not prepared for SAT", pass_on=True)
+    jobs = []
+    for inv in ready:
         jobs.append((inv.case_id, {"volume_path": Path(volumes_dir) / f"{inv.case_id}.nii.gz", "sat_dir": Path(sat_dir),
                                    "record_path": Path(records_dir) / f"{inv.case_id}.json", "prompts": mapping,
                                    "out_path": Path(out_dir) / f"{inv.case_id}.nii.gz",
