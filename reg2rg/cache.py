@@ -366,14 +366,6 @@ class CachedScan:
             bits = np.frombuffer(zlib.decompress(bits), dtype=np.uint8)
         return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).view(bool)
 
-    def frame_mask(self, i: int) -> np.ndarray:
-        """REGIONS[i]'s mask in the whole body crop: bool [z, y, x] of frame_shape."""
-        out = np.zeros(self.frame_shape, dtype=bool)
-        box = self.region_box(i)
-        if box is not None:
-            out[box] = self.region_mask(i)
-        return out
-
     def ct_in(self, box: Box) -> np.ndarray:
         """The CT (int16 HU, a view) inside `box` (body crop frame), which must lie within ct_box."""
         u = self.ct_box

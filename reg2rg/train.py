@@ -171,15 +171,6 @@ class TrainingConfig:
             raise ConfigError(f"training: {err}") from err
 
 
-def load_training(name: str, path=None) -> TrainingConfig:
-    """`training.<name>` of the workflow config `path` (read_workflow_config's default: ./config/config.yaml)."""
-    data = read_workflow_config(path).get("training") or {}
-    if name not in data:
-        raise ConfigError(f"{path or 'config/config.yaml'}: no training settings {name!r}; "
-                          f"have {', '.join(sorted(data))}")
-    return TrainingConfig.from_dict(data[name])
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The tiny tokenizer (its own workflow step: results/{dataset}/tokenizer/)
 # --------------------------------------------------------------------------------------------------------------
@@ -225,11 +216,6 @@ def resolve_tokenizer(model_config, tokenizer_dir=None):
         raise ConfigError("no tokenizer: this preset has neither tokenizer_path nor llm.path; train one with the "
                           "workflow's tokenizer rule (reg2rg.train.train_tokenizer) and pass --tokenizer")
     return load_tokenizer(path)
-
-
-def needs_trained_tokenizer(preset: dict) -> bool:
-    """True for a preset whose tokenizer the workflow trains (no tokenizer_path and no pretrained LLM)."""
-    return not preset.get("tokenizer_path") and not (preset.get("llm") or {}).get("path")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -142,11 +142,6 @@ class _Frame:
         """(u, v, w) broadcastable arrays restricted to a box."""
         return (self.u1[sl[2]][None, None, :], self.v1[sl[1]][None, :, None], self.w1[sl[0]][:, None, None])
 
-    def index_of(self, point: Sequence[float]) -> tuple[int, int, int]:
-        """Nearest voxel (z, y, x) of a point (u, v, w), clipped into the grid."""
-        return tuple(int(np.clip(np.abs(axis - coordinate).argmin(), 0, len(axis) - 1))
-                     for axis, coordinate in ((self.w1, point[2]), (self.v1, point[1]), (self.u1, point[0])))
-
     def point_of(self, idx: Sequence[int]) -> tuple[float, float, float]:
         """(u, v, w) of voxel (z, y, x)."""
         return float(self.u1[idx[2]]), float(self.v1[idx[1]]), float(self.w1[idx[0]])

@@ -397,16 +397,6 @@ class RulesLabeler:
                     out[j] = 1
         return out
 
-    def explain(self, text: str) -> list[tuple[str, str, str]]:
-        """(label, sentence, matched text) for every affirmed mention: to see why a label was set."""
-        out = []
-        for sent in sentences(text):
-            neg = _negated_spans(sent)
-            for rule in RULES:
-                for m in _rule_hits(rule, sent, neg):
-                    out.append((rule.label, sent, m.group(0)))
-        return out
-
     def label(self, texts: Sequence[str]) -> np.ndarray:
         return np.stack([self.label_one(t) for t in texts]) if len(texts) else np.zeros((0, len(LABELS)), np.int8)
 

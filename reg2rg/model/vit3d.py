@@ -124,10 +124,6 @@ class ViT3D(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    @property
-    def num_tokens(self) -> int:
-        return math.prod(self.grid)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.in_channels:
             if x.shape[1] != 1:

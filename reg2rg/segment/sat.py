@@ -156,13 +156,6 @@ def ras_affine(size_xyz, spacing, origin_lps) -> np.ndarray:
     return a
 
 
-def lps_origin_of_ras_grid(affine, shape_ras) -> list[float]:
-    """LPS origin (first voxel centre of the LPS-ordered array) of a diagonal RAS grid."""
-    a = np.asarray(affine, dtype=float)
-    n = np.asarray(shape_ras, dtype=float)
-    return [float(-(a[0, 3] + (n[0] - 1) * a[0, 0])), float(-(a[1, 3] + (n[1] - 1) * a[1, 1])), float(a[2, 3])]
-
-
 def foreground_box(arr_ras: np.ndarray) -> tuple[list[int], list[int]]:
     """MONAI CropForeground's box with its defaults (select_fn `> 0`, margin 0): per axis [first, last + 1)
     of the voxels > 0; ([0, 0, 0], [0, 0, 0]) when there are none (as MONAI returns)."""
