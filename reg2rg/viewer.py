@@ -441,8 +441,10 @@ def build_viewer(predictions, manifest, metrics, out_dir, *, title: str | None =
 
     rr = met.get("region_recognition") or {}
     ce = (met.get("clinical_efficacy") or {}).get("micro") or {}
+    chance = (met.get("clinical_efficacy") or {}).get("chance_micro_f1")
     summary = (f"<p class=\"meta\">{met.get('n_scans', len(df))} scans · model preset {_e(met.get('model_preset'))}"
-               f" · recognition accuracy {_fmt(rr.get('accuracy'))} · CE micro F1 {_fmt(ce.get('f1'))}</p>")
+               f" · recognition accuracy {_fmt(rr.get('accuracy'))} · CE micro F1 {_fmt(ce.get('f1'))}"
+               f" (chance level {_fmt(chance)})</p>")
     plots_html = "".join(f"<h3>{_e(t)}</h3><img src=\"{p}\" alt=\"{_e(t)}\">" for t, p in plots)
     name = title or f"reg2rg test predictions: {met.get('dataset') or ''}"
     body = (f"<h1>{_e(name)}</h1>{summary}<h2>Cases</h2><table><tr><th>case</th><th>BLEU-4</th><th>ROUGE-L</th>"

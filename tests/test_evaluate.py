@@ -168,6 +168,10 @@ def test_clinical_efficacy_matches_labeler(run):
     assert [r["label"] for r in ce["per_label"]] == list(ABNORMALITY_LABELS)
     assert rows["Emphysema"]["tp"] == 1 and rows["Cardiomegaly"]["fn"] == 1
     assert rows["Hiatal hernia"]["fn"] == 1 and rows["Pleural effusion"]["tp"] == 1
+    # the chance level of the references' label rates: sum of squared supports over (scans x positives)
+    support = y_ref.sum(axis=0)
+    assert ce["chance_micro_f1"] == pytest.approx((support ** 2).sum() / (len(df) * support.sum()))
+    assert 0 < ce["chance_micro_f1"] < 1
 
 
 def test_recognition_section(run):

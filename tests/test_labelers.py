@@ -85,6 +85,24 @@ def test_dev_heldout_split_is_fixed_and_disjoint():
     assert set(dev).isdisjoint(held) and set(dev) | set(held) == set(range(800))
 
 
+def test_chance_micro_f1_is_what_random_labels_at_each_rate_score():
+    """The analytic chance level against writers that draw each label at its rate in the references, scan by
+    scan at random: the mean micro F1 of many such draws."""
+    rng = np.random.default_rng(0)
+    t = np.zeros((40, 18), bool)
+    for j, rate in enumerate((0.5, 0.3, 0.25, 0.1, 0.1, 0.05)):
+        t[rng.permutation(40)[:round(rate * 40)], j] = True
+    rates = t.mean(axis=0)
+    draws = [L.label_agreement(t, rng.random(t.shape) < rates)["micro"]["f1"] for _ in range(3000)]
+    expected = (t.sum(0) ** 2).sum() / (40 * t.sum())
+    assert L.chance_micro_f1(t) == pytest.approx(expected)
+    assert L.chance_micro_f1(t) == pytest.approx(np.mean(draws), abs=0.01)
+    assert L.chance_micro_f1(np.zeros((5, 18), bool)) == 0.0
+    one = np.zeros((4, 18), bool)
+    one[:, 0] = True  # every scan has it: a writer at its rate (1) writes it for all
+    assert L.chance_micro_f1(one) == 1.0
+
+
 def test_label_agreement_by_hand():
     t = np.zeros((4, 18), int)
     p = np.zeros((4, 18), int)

@@ -252,7 +252,7 @@ def evaluate_predictions(df, protocol: str = "all", labeler=None, out_dir: str |
     reg2rg.evaluate.labelers). ``out_dir``: where the length plot (report_lengths.png) is written; None
     writes no plot. ``meta``: dataset, model_preset, decoding, config_digest (override same-named columns).
     """
-    from reg2rg.evaluate.labelers import LABELS, get_labeler, label_agreement
+    from reg2rg.evaluate.labelers import LABELS, chance_micro_f1, get_labeler, label_agreement
     from reg2rg.evaluate.plots import length_distributions, plot_lengths, word_lengths
     from reg2rg.evaluate.recognition import recognition_metrics, region_pairs
 
@@ -288,6 +288,7 @@ def evaluate_predictions(df, protocol: str = "all", labeler=None, out_dir: str |
         labeler = get_labeler(labeler)
     y_ref, y_gen = labeler.label(refs), labeler.label(preds)
     ce = label_agreement(y_ref, y_gen)
+    ce["chance_micro_f1"] = chance_micro_f1(y_ref)
     ce["labeler"] = labeler.describe() if hasattr(labeler, "describe") else {"name": getattr(labeler, "name", None)}
     ce["positives_reference"] = dict(zip(LABELS, map(int, y_ref.sum(axis=0))))
     ce["positives_generated"] = dict(zip(LABELS, map(int, y_gen.sum(axis=0))))

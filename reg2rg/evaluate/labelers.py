@@ -532,6 +532,17 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, f
 
 
+def chance_micro_f1(y_true: np.ndarray) -> float:
+    """The expected micro F1 of a writer that knows how often each label occurs in these scans and not which
+    scans have it: label j is given to every scan at random with probability p_j = s_j / n (s_j of the n scans
+    have it). Per label E[tp] = p_j s_j and E[tp + fp] = p_j n = s_j, so the expected pooled precision and recall
+    are both sum_j s_j^2 / (n sum_j s_j), and so is F1. The level that findings which do not come from the image
+    reach (the `shuffled` control's); 0 when no scan has a label."""
+    y_true = np.asarray(y_true, dtype=bool)
+    n, support = y_true.shape[0], y_true.sum(axis=0).astype(float)
+    return float((support ** 2).sum() / (n * support.sum())) if n and support.sum() else 0.0
+
+
 def label_agreement(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str] = LABELS) -> dict:
     """Precision, recall and F1 of ``y_pred`` against ``y_true`` ((n, L) 0/1 arrays): per label, micro
     (counts pooled over labels), macro (mean of the per-label values) and support-weighted. A ratio with a
