@@ -8,7 +8,6 @@ shipped run and of seeds 1 and 2 are in docs/evaluation.md ("The demo's numbers"
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_runs import workflow_copy
+
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 # Issue 15's goals are accuracy >= 0.97, every area's F1 >= 0.95, CE micro F1 >= 0.5 and >= the baseline's + 0.15,
 # and the control at the baseline's CE or below, for seeds 0, 1 and 2. The shipped demo (1200 steps, seed 0)
@@ -42,9 +42,7 @@ MIN_CE_LEAD_OVER_CHANCE = 0.04
 def run_demo_with_controls(folder: Path, settings: dict | None = None) -> Path:
     """The demo workflow in a fresh copy of the repository's workflow under `folder`, plus the ablation table's
     baseline, d and shuffled rows; `settings` is merged as an extra config file. Returns results/demo."""
-    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
+    workflow_copy(folder)
     extra = {"ablations": {"table": ["baseline", "d", "shuffled"]}, "evaluation": {"protocol": "reg2rg"},
              **(settings or {})}
     (folder / "goals.yaml").write_text(yaml.safe_dump(extra))

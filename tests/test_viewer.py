@@ -58,7 +58,7 @@ def _dataset(root: Path) -> Path:
                   "predicted": int(i < 17), "tp": 1, "fp": 0, "fn": 0, "tn": 1}
                  for i, lab in enumerate(ABNORMALITY_LABELS)]
     metrics = {"dataset": "synth", "n_scans": 2, "model_preset": "tiny",
-               "clinical_efficacy": {"micro": {"f1": 0.4}, "per_label": per_label},
+               "clinical_efficacy": {"micro": {"f1": 0.4}, "chance_micro_f1": 0.25, "per_label": per_label},
                "region_recognition": {"accuracy": 2 / 3, "confusion": {
                    "true": list(REGIONS), "named": list(REGIONS),
                    "counts": np.eye(len(REGIONS), dtype=int).tolist()}},
@@ -88,6 +88,7 @@ def test_viewer_site(tmp_path, monkeypatch):
     assert {p.name for p in (res / "viewer" / "plots").iterdir()} == {
         "report_lengths.png", "clinical_efficacy.png", "recognition_confusion.png"}
     assert "1/2" in page and "1/1" in page  # recognition per scan: case_a named heart as lung
+    assert "CE micro F1 0.400 (chance level 0.250)" in page
     findings = page.split("<h2>Findings</h2>")[1].split("</table>")[0]
     rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.]+)</td>", findings)
     assert [r[0] for r in rows] == list(ABNORMALITY_LABELS[:17])

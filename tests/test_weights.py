@@ -17,16 +17,26 @@ from tiny_models import PAPER_SMALL, save_tiny_llm, save_tiny_radbert
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def weights(tmp_path):
-    """A config naming tiny random files in every layout check-weights reads (paths relative to tmp_path)."""
-    from reg2rg.model import load_preset, load_tokenizer, train_tiny_tokenizer
+@pytest.fixture(scope="module")
+def tokenizer_and_radbert(tmp_path_factory):
+    """Built once per module (the tests tamper with copies only): a tiny tokenizer and a tiny RadBERT."""
+    from reg2rg.model import load_tokenizer, train_tiny_tokenizer
 
-    train_tiny_tokenizer(["No pleural effusion.", "Heart size is normal."] * 5, 320, tmp_path / "tokenizer")
-    save_tiny_llm("llama", load_tokenizer(tmp_path / "tokenizer"), tmp_path / "models" / "llm")
+    root = tmp_path_factory.mktemp("weights")
+    train_tiny_tokenizer(["No pleural effusion.", "Heart size is normal."] * 5, 320, root / "tokenizer")
+    radbert_dir, radbert_ckpt, *_ = save_tiny_radbert(root / "radbert", ["No pleural effusion.", "Emphysema."])
+    return load_tokenizer(root / "tokenizer"), radbert_dir, radbert_ckpt
+
+
+@pytest.fixture()
+def weights(tmp_path, tokenizer_and_radbert):
+    """A config naming tiny random files in every layout check-weights reads (paths relative to tmp_path)."""
+    from reg2rg.model import load_preset
+
+    tok, radbert_dir, radbert_ckpt = tokenizer_and_radbert
+    save_tiny_llm("llama", tok, tmp_path / "models" / "llm")
     (tmp_path / "models" / "RadFM").mkdir()
     write_radfm_files(load_preset("paper", **PAPER_SMALL), tmp_path / "models" / "RadFM")
-    radbert_dir, radbert_ckpt, *_ = save_tiny_radbert(tmp_path / "radbert", ["No pleural effusion.", "Emphysema."])
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["presets"]["paper"].update(PAPER_SMALL)
     config["presets"]["paper"]["llm"]["path"] = "models/llm"
