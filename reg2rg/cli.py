@@ -58,6 +58,9 @@ def _add_demo_data(sub):
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="nominal volume size in voxels (x y z); scans vary around it")
+    p.add_argument("--report-style", choices=["varied", "fixed"], default="varied",
+                   help="varied: several phrasings per statement drawn per scan, with measurements; fixed: one "
+                        "phrasing per statement, no measurements (the workflow's demo; docs/evaluation.md)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_call("reg2rg.demo.writers:cli"))
     _paths(p, writes=["--out"])

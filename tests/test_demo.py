@@ -120,6 +120,29 @@ def test_write_report_labels_and_phrasings():
     assert "breast" not in texts
 
 
+def test_fixed_report_style_is_a_function_of_the_findings():
+    findings = [{"kind": "pleural_effusion", "label": "Pleural effusion", "region": "pleura", "side": "left",
+                 "depth_mm": 14},
+                {"kind": "lung_nodule", "label": "Lung nodule", "region": "lung", "side": "right",
+                 "lobe": "upper lobe", "size_mm": 21}]
+    reports = {demo.write_report(findings, np.random.default_rng(s), style="fixed")[1] for s in range(30)}
+    assert len(reports) == 1  # no phrasing, measurement or residual sentence drawn per case
+    texts, _, labels = demo.write_report(findings, np.random.default_rng(0), style="fixed")
+    assert texts["pleura"] == "Left pleural effusion is seen."
+    assert texts["lung"] == "A solid nodule is seen in the upper lobe of the right lung."
+    assert not re.search(r"\d+ mm", " ".join(texts.values()))
+    assert {k for k, v in labels.items() if v} == {"Pleural effusion", "Lung nodule"}
+    normal = {demo.write_report([], np.random.default_rng(s), style="fixed")[0]["heart"] for s in range(30)}
+    assert len(normal) == 1
+    # every finding kind has a fixed sentence that the labels' mentions match
+    every = demo.make_phantom(np.random.default_rng(1), (32, 28, 12), findings=demo.FINDING_KINDS)[2]
+    texts, whole, labels = demo.write_report(every, np.random.default_rng(0), style="fixed")
+    for label, (region, pattern) in MENTIONS.items():
+        assert labels[label] == 1 and re.search(pattern, texts[region], re.IGNORECASE), label
+    with pytest.raises(ValueError, match="report style"):
+        demo.write_report(findings, np.random.default_rng(0), style="plain")
+
+
 def test_radgenome_paths_and_tables(radgenome):
     out, summary = radgenome
     assert set(summary["splits"]) == {"train", "valid"}
@@ -293,8 +316,9 @@ def test_cli_writes_a_data_set(tmp_path):
     from reg2rg.cli import main
 
     assert main(["demo-data", "--layout", "radgenome", "--cases", "2", "--seed", "4", "--shape", "48", "40", "12",
-                 "--out", str(tmp_path)]) == 0
+                 "--report-style", "fixed", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / demo.SUMMARY_FILE).read_text())
     assert summary["shape"] == [48, 40, 12] and sum(len(v) for v in summary["splits"].values()) == 2
+    assert summary["report_style"] == "fixed"
     with pytest.raises(ValueError, match="layout"):
         demo.make_demo_dataset("nifti", tmp_path / "x", cases=1, seed=0)

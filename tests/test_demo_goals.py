@@ -18,25 +18,22 @@ import yaml
 from workflow_runs import workflow_copy
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-# Issue 15's goals are accuracy >= 0.97, every area's F1 >= 0.95, CE micro F1 >= 0.5 and >= the baseline's + 0.15,
-# and the control at the baseline's CE or below, for seeds 0, 1 and 2. The shipped demo (1200 steps, seed 0)
-# reaches accuracy 0.954, lowest area F1 0.80, CE F1 0.42 against the baseline's 0.00 and the control's 0.24
-# (docs/evaluation.md, "The demo's numbers"): the bounds below are what it holds, with a margin, until the
-# demo meets the goals. The control writes findings at the training reports' rates without reading the scan
-# (chance level, above the baseline, which writes none): the full model must beat it by a clear margin.
-MIN_ACCURACY = 0.93
-MIN_AREA_F1 = 0.75
-MIN_CE_F1 = 0.35
+# Issue 15's goals, for seeds 0, 1 and 2: accuracy >= 0.97, every area's F1 >= 0.95, CE micro F1 >= 0.5 and >= the
+# baseline's + 0.15, and the control at the baseline's CE or below. The shipped demo (fixed report style, region
+# text features; docs/evaluation.md, "The demo's numbers") meets the first four on all three seeds; this test holds
+# seed 0 to them.
+MIN_ACCURACY = 0.97
+MIN_AREA_F1 = 0.95
+MIN_CE_F1 = 0.5
 MIN_CE_LEAD = 0.15  # over the global-only baseline
-# With transformers 5.25.0 (2026-12-07) the control reaches CE F1 0.373 (was 0.243 with 5.24), the full model 0.415:
-# a lead of 0.042 (precision 0.76 against the control's 0.44). The bound holds that lead, not the 0.1 of before:
-# the demo's proof that its findings come from the image is that thin (benchmarks/finding_probe.py, issue 15).
-MIN_CE_LEAD_OVER_CONTROL = 0.02
-# The chance level (metrics.json clinical_efficacy.chance_micro_f1: labels at random at each finding's rate in the
-# test references; 0.354 on the demo's 24 test scans). The control must fall to it, the full model stay above it:
-# seed 0 measured 0.373 for the control and 0.415 for the full model (2026-12-07).
-MAX_CONTROL_OVER_CHANCE = 0.08
-MIN_CE_LEAD_OVER_CHANCE = 0.04
+# The control writes findings at about their rates without reading the scan: at or below the chance level
+# (metrics.json clinical_efficacy.chance_micro_f1: labels at random at each finding's rate in the test references;
+# 0.354 on the demo's 24 test scans), and above a baseline that writes almost no finding (F1 0.00-0.22): the goal
+# "at the baseline's CE or below" asks it to write none. Seeds 1 and 2 measured control 0.257 and 0.208, full
+# model 0.667 and 0.656 (2026-12-07). The full model must beat the control and the chance level clearly.
+MIN_CE_LEAD_OVER_CONTROL = 0.2
+MAX_CONTROL_OVER_CHANCE = 0.05
+MIN_CE_LEAD_OVER_CHANCE = 0.15
 
 
 def run_demo_with_controls(folder: Path, settings: dict | None = None) -> Path:

@@ -125,7 +125,7 @@ def test_presets_and_config_round_trip():
 
 def test_visual_tokens_land_at_placeholders(tok):
     # the paper's model (no tiny aids): features exactly at the placeholders
-    cfg = tiny_config(region_index_embedding=False, region_prefix_features=False)
+    cfg = tiny_config(region_index_embedding=False, region_prefix_features=False, region_text_features=False)
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart"], ["bone"], []]
@@ -158,7 +158,7 @@ def test_visual_tokens_land_at_placeholders(tok):
 
 
 def test_region_index_embedding_marks_each_region_by_its_prompt_index(tok, tmp_path):
-    cfg = tiny_config(region_index_embedding=True, region_prefix_features=False)
+    cfg = tiny_config(region_index_embedding=True, region_prefix_features=False, region_text_features=False)
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart", "bone"], ["bone"], []]
@@ -486,7 +486,7 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
     carries the mean of region k's texture and geometry tokens; generation adds it to the phrases it writes."""
     from reg2rg.model.tokenizer import phrase_token_ids
 
-    cfg = tiny_config(region_prefix_features=True)
+    cfg = tiny_config(region_prefix_features=True, region_text_features=False)
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     regions = [["lung", "heart", "bone"], ["bone"]]
@@ -552,6 +552,63 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
         from reg2rg.model.tokenizer import special_token_ids, text_vocab_size
 
         Reg2RGModel(cfg, model.llm, special_token_ids(tok), text_vocab_size(tok), None)
+
+
+def test_region_text_features_put_region_k_on_its_report_text_in_training_and_generation(tok):
+    """The tiny preset's second aid (not the paper's): every report token after "The region k is", up to the next
+    such phrase, carries region k's mean visual token too; the prompt's tokens do not. Generation gives each token
+    it writes the same terms as the training sequence holds at that position (the hook tracks the region)."""
+    from reg2rg.model.tokenizer import phrase_token_ids
+
+    cfg = tiny_config(region_prefix_features=True, region_text_features=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).eval()
+    regions = [["lung", "heart", "bone"], ["bone"]]
+    batch, vols = make_batch(tok, cfg, regions, padding_side="right")
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        marked = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_text_features = False
+        prefix_only = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_text_features = True
+        table = model._region_means(prefix_only, model.token_slot[ids])
+    phrases = phrase_token_ids(tok)
+    for b, row in enumerate(ids):
+        report_start = int((model.token_slot[row] >= 0).nonzero().max()) + 1  # after the prompt's last region token
+        k, seen = 0, set()
+        for p, t in enumerate(row.tolist()):
+            is_phrase = t in phrases
+            if p >= report_start and is_phrase:
+                k = phrases.index(t) + 1
+                seen.add(k)
+            want = table[b, k - 1] if p >= report_start and k and not is_phrase else torch.zeros_like(table[b, 0])
+            assert torch.allclose(marked[b, p] - prefix_only[b, p], want, atol=1e-5), (b, p, k)
+        assert seen == set(range(1, len(regions[b]) + 1))  # each region's text got its own region's features
+    # Generation: the report of scan 0 fed one token at a time through the hook, with the table of the prompt
+    gen_batch, _ = make_batch(tok, cfg, [regions[0]], with_target=False, padding_side="left")
+    n0 = len(regions[0])  # scan 0's volumes of the training batch
+    gen_vols = {"global_volume": vols["global_volume"][:1], "region_crops": vols["region_crops"][:n0],
+                "region_masks": vols["region_masks"][:n0], "region_counts": [n0]}
+    prompt = gen_batch["input_ids"][0]
+    report = ids[0, len(prompt):][batch["attention_mask"][0, len(prompt):].bool()]
+    assert torch.equal(ids[0, :len(prompt)], prompt)
+    with torch.no_grad():
+        gen_embeds = model.embed_inputs(gen_batch["input_ids"], gen_vols["global_volume"], gen_vols["region_crops"],
+                                        gen_vols["region_masks"])
+        gen_table = model._region_means(gen_embeds, model.token_slot[gen_batch["input_ids"]])
+        emb = model.llm.get_input_embeddings()
+        hook = emb.register_forward_hook(model.prefix_hook(gen_table))
+        steps = [emb(report[t].view(1, 1))[0, 0] for t in range(len(report))]
+        hook.remove()
+    assert torch.allclose(gen_embeds[0], marked[0, :len(prompt)], atol=1e-5)
+    for t, e in enumerate(steps):
+        assert torch.allclose(e, marked[0, len(prompt) + t], atol=1e-5), t
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(**{k: gen_batch[k] for k in ("input_ids", "attention_mask")}, **gen_vols, num_beams=2,
+                       max_new_tokens=2)
+    new_ids = model.generate(**{k: gen_batch[k] for k in ("input_ids", "attention_mask")}, **gen_vols,
+                             max_new_tokens=3)
+    assert new_ids.shape[0] == 1 and not emb._forward_hooks
 
 
 def test_authors_dropout_options(tok):

@@ -150,9 +150,10 @@ class DemoCase:
     report: DemoReport
 
 
-def render_case(plan: CasePlan, seed: int) -> DemoCase:
-    """Draw a planned case: its phantom (image generator) and its report (text generator)."""
+def render_case(plan: CasePlan, seed: int, report_style: str = "varied") -> DemoCase:
+    """Draw a planned case: its phantom (image generator) and its report (text generator; report_style: see
+    compose_report)."""
     image_rng, text_rng = _case_rngs(seed, plan.index)
     hu, masks, findings, geometry = make_phantom(image_rng, plan.shape, plan.spacing, findings=plan.findings)
-    report = compose_report(findings, text_rng, omit_regions=plan.omit_text)
+    report = compose_report(findings, text_rng, omit_regions=plan.omit_text, style=report_style)
     return DemoCase(plan, hu, masks, findings, geometry, report)

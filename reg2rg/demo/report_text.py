@@ -153,6 +153,25 @@ FINDING_SENTENCES: dict[str, list[tuple[str, str | None]]] = {
 }
 
 
+# The `fixed` report style: one phrasing per finding and no measurements (see compose_report).
+FIXED_FINDING_SENTENCES: dict[str, tuple[str, str | None]] = {
+    "lung_nodule": ("A solid nodule is seen in the {lobe} of the {side} lung.", "lung/lung/{side} lung/{side} {lobe}"),
+    "emphysema": FINDING_SENTENCES["emphysema"][0],
+    "consolidation": FINDING_SENTENCES["consolidation"][0],
+    "pleural_effusion": ("{Side_phrase} pleural effusion is seen.", "pleura/pleura/{side_path}"),
+    "cardiomegaly": FINDING_SENTENCES["cardiomegaly"][0],
+    "pericardial_effusion": ("Pericardial effusion is seen.", "heart/heart/pericardium"),
+    "arterial_wall_calcification": FINDING_SENTENCES["arterial_wall_calcification"][0],
+    "lymphadenopathy": ("Enlarged lymph nodes are seen in the {stations}.", "mediastinum/mediastinum/lymph node"),
+    "hiatal_hernia": FINDING_SENTENCES["hiatal_hernia"][0],
+    "sternotomy wires": FINDING_SENTENCES["sternotomy wires"][0],
+    "central venous catheter": FINDING_SENTENCES["central venous catheter"][0],
+}
+# varied: several phrasings per statement drawn per case, measurements, optional residual sentences (RadGenome's
+# reports vary so); fixed: the text is a function of the findings alone (the demo's default, docs/evaluation.md).
+REPORT_STYLES = ("varied", "fixed")
+
+
 @dataclass
 class DemoReport:
     """A case's report: sentences per region with their finer anatomy paths, and the labels."""
@@ -200,10 +219,20 @@ def _finding_values(finding: dict) -> dict:
 
 
 def compose_report(findings: Sequence[dict], rng: np.random.Generator,
-                   omit_regions: Iterable[str] = ()) -> DemoReport:
-    """Region-by-region report of a case: each finding in its region's text (one of several phrasings),
-    a normal statement for each region without findings (several phrasings), no text at all for the normal
-    regions in omit_regions. Labels: 1 for each finding's CT-RATE label, 0 otherwise."""
+                   omit_regions: Iterable[str] = (), style: str = "varied") -> DemoReport:
+    """Region-by-region report of a case: each finding in its region's text, a normal statement for each
+    region without findings, no text at all for the normal regions in omit_regions. Labels: 1 for each
+    finding's CT-RATE label, 0 otherwise.
+
+    style varied: one of several phrasings per statement, measurements (nodule size, effusion depth, ...) and,
+    at random, a residual sentence; fixed: the first phrasing of each normal statement and FIXED_FINDING_SENTENCES
+    (no measurements, no residual sentence), so that the text depends on the findings alone and rng is unused.
+    A phrasing drawn per case is a fingerprint of the case: a small decoder trained with teacher forcing
+    recalls a training scan's later findings from its earlier sentences instead of reading them off the
+    image (docs/evaluation.md, "The demo's numbers")."""
+    if style not in REPORT_STYLES:
+        raise ValueError(f"unknown report style {style!r}; expected one of {', '.join(REPORT_STYLES)}")
+    fixed = style == "fixed"
     omit = set(omit_regions)
     by_region: dict[str, list[dict]] = {}
     for f in findings:
@@ -217,14 +246,16 @@ def compose_report(findings: Sequence[dict], rng: np.random.Generator,
             if region in omit:
                 continue
             variants = NORMAL_SENTENCES[region]
-            sentences[region] = list(variants[int(rng.integers(len(variants)))])
+            sentences[region] = list(variants[0 if fixed else int(rng.integers(len(variants)))])
             continue
         out = []
         for item in items:
-            template, path = FINDING_SENTENCES[item["_key"]][int(rng.integers(len(FINDING_SENTENCES[item["_key"]])))]
+            phrasings = FINDING_SENTENCES[item["_key"]]
+            template, path = (FIXED_FINDING_SENTENCES[item["_key"]] if fixed
+                              else phrasings[int(rng.integers(len(phrasings)))])
             values = _finding_values(item)
             out.append((template.format(**values), path.format(**values) if path else None))
-        if region in RESIDUAL_SENTENCES and rng.random() < 0.5:
+        if not fixed and region in RESIDUAL_SENTENCES and rng.random() < 0.5:
             out.append((str(rng.choice(RESIDUAL_SENTENCES[region])), None))
         sentences[region] = out
     present = {f["label"] for f in findings}
@@ -232,10 +263,11 @@ def compose_report(findings: Sequence[dict], rng: np.random.Generator,
     return DemoReport(sentences, labels)
 
 
-def write_report(findings: Sequence[dict], rng: np.random.Generator, omit_regions: Iterable[str] = ()):
+def write_report(findings: Sequence[dict], rng: np.random.Generator, omit_regions: Iterable[str] = (),
+                 style: str = "varied"):
     """Report of a case from its findings (see compose_report).
 
     Returns (region_texts, whole_report, labels): {region: text} for the regions that have text,
     the whole report (region texts in reading order, joined), {CT-RATE label: 0/1} for all 18 labels."""
-    rep = compose_report(findings, rng, omit_regions)
+    rep = compose_report(findings, rng, omit_regions, style)
     return rep.region_texts, rep.whole, rep.labels

@@ -250,7 +250,7 @@ def write_sat_standin(out_dir: str | Path, case_id: str, masks: dict[str, np.nda
 
 def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: int = 0,
                       test_fraction: float = 0.25, shape: Sequence[int] | None = None,
-                      sat_standin: bool = True, workers: int = 1) -> dict:
+                      sat_standin: bool = True, workers: int = 1, report_style: str = "varied") -> dict:
     """Write a synthetic data set in the RadGenome-ChestCT ('radgenome') or CTRG-Chest-548K ('ctrg') layout
     (see the module docstring) and return its summary:
 
@@ -262,6 +262,9 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
 
     ctrg with `sat_standin`: also `{out}/sat_standin/`, SAT-format outputs made from the true masks in place
     of a SAT run (see write_sat_standin).
+
+    report_style: "varied" (several phrasings per statement, measurements) or "fixed" (the text is a function
+    of the findings; the workflow's demo): see reg2rg.demo.report_text.compose_report.
 
     workers: processes that draw the cases (each case has its own random streams, so the data set is the same
     for any number); the files are written in case order by this process."""
@@ -275,7 +278,7 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
     _clear_previous(out, layout)
     split_names = ("train", "valid") if layout == "radgenome" else ("train", "test")
     summary: dict = {
-        "layout": layout, "seed": int(seed), "cases": int(cases),
+        "layout": layout, "seed": int(seed), "cases": int(cases), "report_style": report_style,
         "shape": list(shape if shape is not None else DEFAULT_SHAPE),
         "splits": {s: [p.case_id for p in plans if p.source_split == s] for s in split_names},
         "findings": {}, "labels": {}, "missing_masks": {}, "empty_masks": {}, "regions_without_text": {},
@@ -287,7 +290,9 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
     ctrg_labels: list = []
     log.info("writing %d synthetic %s cases (seed %d) to %s", cases, layout, seed, out)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    rendered = pool.map(render_case, plans, [seed] * len(plans)) if pool else (render_case(p, seed) for p in plans)
+    n = len(plans)
+    rendered = (pool.map(render_case, plans, [seed] * n, [report_style] * n) if pool
+                else (render_case(p, seed, report_style) for p in plans))
     for plan, case in tqdm(zip(plans, rendered), total=len(plans), desc=f"demo {layout}", unit="scan", disable=None):
         if layout == "radgenome":
             _write_radgenome_case(out, case, report_rows, label_rows)
@@ -336,5 +341,5 @@ def make_demo_dataset(layout: str, out_dir: str | Path, cases: int = 12, seed: i
 def cli(args) -> int:
     """`reg2rg demo-data`: see make_demo_dataset."""
     make_demo_dataset(args.layout, args.out, cases=args.cases, seed=args.seed, test_fraction=args.test_fraction,
-                      shape=tuple(args.shape) if args.shape else None)
+                      shape=tuple(args.shape) if args.shape else None, report_style=args.report_style)
     return 0

@@ -146,6 +146,12 @@ class Reg2RGConfig:
     # a small random decoder reads region k's features where it writes region k's name and text, instead of
     # first having to learn to find the segment (docs/evaluation.md, "The demo's numbers").
     region_prefix_features: bool = False
+    # Not in the paper (off there): region k's mean visual token also on every token of the report after "The
+    # region k is" up to the next such phrase (region k's name and text), so that the token that decides between a
+    # normal text and a finding reads region k's features where it is predicted, not three or more tokens back
+    # through attention. Needs region_prefix_features' one-token phrases; generation keeps track of the region
+    # it is writing (greedy or sampling; not beam search). docs/evaluation.md, "The demo's numbers".
+    region_text_features: bool = False
     # Ablations (all on = the paper's model).
     use_texture: bool = True  # 32 texture tokens per region
     use_geometry: bool = True  # 1 geometry (mask) token per region

@@ -125,9 +125,9 @@ class Reg2RGModel(nn.Module):
         for tok, tid in token_ids.items():
             slot[tid] = _SLOT[tok]
         self.register_buffer("token_slot", slot, persistent=False)
-        if config.region_prefix_features and not phrase_ids:
-            raise ValueError("region_prefix_features needs a tokenizer with one token per 'The region k is' "
-                             "(the tiny tokenizer's): this one splits the phrase")
+        if (config.region_prefix_features or config.region_text_features) and not phrase_ids:
+            raise ValueError("region_prefix_features and region_text_features need a tokenizer with one token per "
+                             "'The region k is' (the tiny tokenizer's): this one splits the phrase")
         phrase = torch.zeros((size,), dtype=torch.long)  # k for the token of "The region k is", else 0
         for k, tid in enumerate(phrase_ids or [], start=1):
             if tid < size:
@@ -231,7 +231,7 @@ class Reg2RGModel(nn.Module):
                 embeds = embeds.masked_scatter(where.unsqueeze(-1), feat.reshape(-1, feat.shape[-1]).to(dtype))
         if self.region_index_embeddings is not None:
             embeds = embeds + self._region_index_terms(slot).to(dtype)
-        if cfg.region_prefix_features:
+        if cfg.region_prefix_features or cfg.region_text_features:
             embeds = embeds + self._prefix_terms(input_ids, self._region_means(embeds, slot))
         return embeds
 
@@ -261,10 +261,33 @@ class Reg2RGModel(nn.Module):
         embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
         return self._region_means(embeds, self.token_slot[input_ids])
 
-    def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """[R, L, hidden]: table[b, k] at every "The region k is" token of row r (b = r // (R / B): generate
-        repeats each prompt's rows for beams), zero elsewhere."""
+    def _phrase_regions(self, input_ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """[R, L]: the region k whose features each position gets, 0 for none. k at every "The region k is" token
+        (region_prefix_features); with region_text_features also at every later position up to the next phrase,
+        counting only the report's phrases: those after the prompt's last region token, or, for tokens that
+        generate embeds one at a time (`start`: [R] the region each row is writing, 0 for none), every phrase."""
         k = self.phrase_index[input_ids.clamp(0, self.phrase_index.numel() - 1)]  # [R, L], 0: no phrase
+        if not self.config.region_text_features:
+            return k
+        pos = torch.arange(k.shape[1], device=k.device).expand_as(k)
+        phrase = k > 0
+        if start is None:
+            special = self.token_slot[input_ids] >= 0
+            last_region = torch.where(special, pos, torch.full_like(pos, -1)).max(dim=1, keepdim=True).values
+            phrase = phrase & (pos > last_region)
+        last = torch.where(phrase, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+        text = k.gather(1, last.clamp(min=0)) * (last >= 0)
+        if start is not None:
+            text = torch.where(last >= 0, text, start.unsqueeze(1).expand_as(text))
+        if not self.config.region_prefix_features:  # the prompt's phrases then carry nothing
+            return text
+        return torch.where(k > 0, k, text)
+
+    def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor,
+                      start: torch.Tensor | None = None) -> torch.Tensor:
+        """[R, L, hidden]: table[b, k] at every position of row r that _phrase_regions gives a region k (b = r //
+        (R / B): generate repeats each prompt's rows for beams), zero elsewhere."""
+        k = self._phrase_regions(input_ids, start)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device) // (input_ids.shape[0] // table.shape[0])
         terms = table[rows.unsqueeze(1), (k - 1).clamp(min=0)]
         return terms * (k > 0).unsqueeze(-1).to(table.dtype)
@@ -272,9 +295,18 @@ class Reg2RGModel(nn.Module):
     def prefix_hook(self, table: torch.Tensor):
         """A forward hook for the LLM's input embeddings while generate runs: the tokens generate embeds itself
         (each new token) get their region's features from `table` (_region_means of the prompts) when they are
-        a "The region k is" phrase."""
+        a "The region k is" phrase, and with region_text_features also when they follow one (the hook keeps the
+        region each row is writing; rows must keep their order from step to step: no beam search)."""
+        writing: dict[str, torch.Tensor] = {}
+
         def hook(module, args, output):
-            return output + self._prefix_terms(args[0], table).to(output.dtype)
+            ids = args[0]
+            start = writing.get("k")
+            if start is None or start.shape[0] != ids.shape[0]:
+                start = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+            if self.config.region_text_features:
+                writing["k"] = self._phrase_regions(ids, start)[:, -1]
+            return output + self._prefix_terms(ids, table, start).to(output.dtype)
         return hook
 
     def _region_index_terms(self, slot: torch.Tensor) -> torch.Tensor:
@@ -337,7 +369,10 @@ class Reg2RGModel(nn.Module):
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         gen_config = GenerationConfig(**kwargs)
         embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
-        if not self.config.region_prefix_features:
+        if self.config.region_text_features and num_beams > 1:
+            raise ValueError("region_text_features: generation keeps track of the region each row writes, which "
+                             "beam search reorders; decode greedily or by sampling (num_beams 1)")
+        if not (self.config.region_prefix_features or self.config.region_text_features):
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
         table = self._region_means(embeds, self.token_slot[input_ids])
         hook = self.llm.get_input_embeddings().register_forward_hook(self.prefix_hook(table))

@@ -14,4 +14,5 @@ make_demo_dataset(
     test_fraction=gen.get("test_fraction", 0.25),
     shape=gen.get("shape"),
     workers=snakemake.threads,
+    report_style=gen.get("report_style", "varied"),
 )
