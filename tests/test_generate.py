@@ -145,6 +145,9 @@ def test_decoding_settings_reach_generation_config(model, trained, monkeypatch):
         (True, 5, 0.9, 0.7, 1.3, 7)
     again = generate_predictions(model, sub, settings, progress=False)
     assert first["prediction"].tolist() == again["prediction"].tolist()  # sampling is seeded
+    with pytest.raises(ValueError, match="beam search"):  # the tiny preset's region text features track rows
+        generate_predictions(model, sub, GenerationSettings(max_new_tokens=6, num_beams=2), progress=False)
+    monkeypatch.setattr(model.config, "region_text_features", False)
     generate_predictions(model, sub, GenerationSettings(max_new_tokens=6, num_beams=2), progress=False)
     assert seen[-1].num_beams == 2 and seen[-1].do_sample is False
 
