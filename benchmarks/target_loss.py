@@ -7,9 +7,10 @@ log-likelihood of each target token under teacher forcing, per split. A region's
 token of its text (after "The region k is <area>:"), where a normal region's text and one with a finding part.
 The baseline measured in the same run is the image-blind one: each decision token's -log p under the frequency
 of that first token among the training targets of the same area (what a model that never looks at the image
-can do at best). The ratio of the model's decision NLL to the image-blind one, on the held-out scans, says how
-much the image is read (below 1: read; near 1: the rates; above 1: worse than the rates); far below 1 on the
-training scans and above 1 on the held-out ones is recall of training reports.
+can do at best). The ratio of the model's decision NLL to the image-blind one: far below 1 on the training scans
+and above 1 on the held-out ones is a model that recalls training reports or is over-confident where it is wrong
+(an NLL weighs confident errors fully); read it beside the run's per-finding precision and recall, which say how
+often the greedy decisions are right (docs/evaluation.md, "Where the loss sits").
 
     python benchmarks/target_loss.py [--results results/demo] [--out benchmarks/target_loss.json]
 """

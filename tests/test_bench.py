@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from reg2rg import bench
 from reg2rg.cli import main as cli_main
 from reg2rg.constants import REGIONS
@@ -210,9 +211,5 @@ Finished jobid: 17 (Rule: cache_shard)
 
 
 def test_demo_time_reads_each_jobs_time_from_the_snakemake_log():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_time", REPO / "benchmarks" / "demo_time.py")
-    demo_time = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo_time)
+    demo_time = load_benchmark("demo_time")
     assert demo_time.job_times(_SNAKEMAKE_LOG) == {"demo_data": 85.0, "inventory": 1.0, "cache_shard": 40.0 + 20.0}

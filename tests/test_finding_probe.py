@@ -1,23 +1,13 @@
 """benchmarks/finding_probe.py's probe: it finds a finding that the features show and not one they do not."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("finding_probe", REPO / "benchmarks" / "finding_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load_benchmark
 
 
 def test_probe_tells_features_that_show_a_finding_from_noise():
-    probe = _probe_module().probe
+    probe = load_benchmark("finding_probe").probe
     rng = np.random.default_rng(0)
     y_train, y_test = rng.random(70) < 0.3, rng.random(24) < 0.4
     x_train, x_test = rng.normal(size=(70, 64)), rng.normal(size=(24, 64))

@@ -584,6 +584,21 @@ def test_region_text_features_put_region_k_on_its_report_text_in_training_and_ge
             want = table[b, k - 1] if p >= report_start and k and not is_phrase else torch.zeros_like(table[b, 0])
             assert torch.allclose(marked[b, p] - prefix_only[b, p], want, atol=1e-5), (b, p, k)
         assert seen == set(range(1, len(regions[b]) + 1))  # each region's text got its own region's features
+    # Text features without prefix features: the report's phrases and texts carry their region, the prompt nothing
+    with torch.no_grad():
+        model.config.region_prefix_features = False
+        text_only = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_text_features = False
+        plain = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+        model.config.region_prefix_features = model.config.region_text_features = True
+    for b, row in enumerate(ids):
+        report_start = int((model.token_slot[row] >= 0).nonzero().max()) + 1
+        k = 0
+        for p, t in enumerate(row.tolist()):
+            if p >= report_start and t in phrases:
+                k = phrases.index(t) + 1
+            want = table[b, k - 1] if p >= report_start and k else torch.zeros_like(table[b, 0])
+            assert torch.allclose(text_only[b, p] - plain[b, p], want, atol=1e-5), (b, p, k)
     # Generation: the report of scan 0 fed one token at a time through the hook, with the table of the prompt
     gen_batch, _ = make_batch(tok, cfg, [regions[0]], with_target=False, padding_side="left")
     n0 = len(regions[0])  # scan 0's volumes of the training batch

@@ -159,6 +159,11 @@ class Reg2RGConfig:
     use_rra: bool = True  # "The region i is <area>: " prefixes in the target
     use_lfd: bool = True  # off: the texture input is the uncropped masked volume (the data side supplies it)
 
+    @property
+    def region_phrase_features(self) -> bool:
+        """Whether any "The region k is" phrase or report text carries its region's features (the tiny aids)."""
+        return self.region_prefix_features or self.region_text_features
+
     def __post_init__(self):
         self.input_size = size_triple(self.input_size, "input_size")
         self.validate()

@@ -125,7 +125,7 @@ class Reg2RGModel(nn.Module):
         for tok, tid in token_ids.items():
             slot[tid] = _SLOT[tok]
         self.register_buffer("token_slot", slot, persistent=False)
-        if (config.region_prefix_features or config.region_text_features) and not phrase_ids:
+        if config.region_phrase_features and not phrase_ids:
             raise ValueError("region_prefix_features and region_text_features need a tokenizer with one token per "
                              "'The region k is' (the tiny tokenizer's): this one splits the phrase")
         phrase = torch.zeros((size,), dtype=torch.long)  # k for the token of "The region k is", else 0
@@ -231,8 +231,9 @@ class Reg2RGModel(nn.Module):
                 embeds = embeds.masked_scatter(where.unsqueeze(-1), feat.reshape(-1, feat.shape[-1]).to(dtype))
         if self.region_index_embeddings is not None:
             embeds = embeds + self._region_index_terms(slot).to(dtype)
-        if cfg.region_prefix_features or cfg.region_text_features:
-            embeds = embeds + self._prefix_terms(input_ids, self._region_means(embeds, slot))
+        if cfg.region_phrase_features:
+            table = self._region_means(embeds, slot)
+            embeds = embeds + self._region_terms(self._phrase_regions(input_ids), table)
         return embeds
 
     @staticmethod
@@ -283,12 +284,11 @@ class Reg2RGModel(nn.Module):
             return text
         return torch.where(k > 0, k, text)
 
-    def _prefix_terms(self, input_ids: torch.Tensor, table: torch.Tensor,
-                      start: torch.Tensor | None = None) -> torch.Tensor:
-        """[R, L, hidden]: table[b, k] at every position of row r that _phrase_regions gives a region k (b = r //
-        (R / B): generate repeats each prompt's rows for beams), zero elsewhere."""
-        k = self._phrase_regions(input_ids, start)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device) // (input_ids.shape[0] // table.shape[0])
+    @staticmethod
+    def _region_terms(k: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """[R, L, hidden]: table[b, k] at every position of row r that `k` ([R, L], _phrase_regions) gives a region
+        k > 0 (b = r // (R / B): generate repeats each prompt's rows for beams), zero elsewhere."""
+        rows = torch.arange(k.shape[0], device=k.device) // (k.shape[0] // table.shape[0])
         terms = table[rows.unsqueeze(1), (k - 1).clamp(min=0)]
         return terms * (k > 0).unsqueeze(-1).to(table.dtype)
 
@@ -297,16 +297,16 @@ class Reg2RGModel(nn.Module):
         (each new token) get their region's features from `table` (_region_means of the prompts) when they are
         a "The region k is" phrase, and with region_text_features also when they follow one (the hook keeps the
         region each row is writing; rows must keep their order from step to step: no beam search)."""
-        writing: dict[str, torch.Tensor] = {}
+        writing = None  # [R] the region each row writes (0: none yet)
 
         def hook(module, args, output):
+            nonlocal writing
             ids = args[0]
-            start = writing.get("k")
-            if start is None or start.shape[0] != ids.shape[0]:
-                start = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-            if self.config.region_text_features:
-                writing["k"] = self._phrase_regions(ids, start)[:, -1]
-            return output + self._prefix_terms(ids, table, start).to(output.dtype)
+            if writing is None:
+                writing = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+            k = self._phrase_regions(ids, writing)
+            writing = k[:, -1]
+            return output + self._region_terms(k, table).to(output.dtype)
         return hook
 
     def _region_index_terms(self, slot: torch.Tensor) -> torch.Tensor:
@@ -372,7 +372,7 @@ class Reg2RGModel(nn.Module):
         if self.config.region_text_features and num_beams > 1:
             raise ValueError("region_text_features: generation keeps track of the region each row writes, which "
                              "beam search reorders; decode greedily or by sampling (num_beams 1)")
-        if not (self.config.region_prefix_features or self.config.region_text_features):
+        if not self.config.region_phrase_features:
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
         table = self._region_means(embeds, self.token_slot[input_ids])
         hook = self.llm.get_input_embeddings().register_forward_hook(self.prefix_hook(table))
