@@ -554,6 +554,32 @@ def test_region_prefix_features_give_each_phrase_its_regions_tokens(tok, tmp_pat
         Reg2RGModel(cfg, model.llm, special_token_ids(tok), text_vocab_size(tok), None)
 
 
+def _embed_with(model, ids, vols, **flags):
+    """model.embed_inputs with the config's region feature switches set as given for this call only."""
+    saved = {name: getattr(model.config, name) for name in flags}
+    try:
+        for name, value in flags.items():
+            setattr(model.config, name, value)
+        with torch.no_grad():
+            return model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
+    finally:
+        for name, value in saved.items():
+            setattr(model.config, name, value)
+
+
+def _text_regions(row, token_slot, phrases):
+    """Per position of `row`: (k, is_phrase), k the region whose report text the position belongs to (the report's
+    last "The region k is" so far, that phrase included; 0 in the prompt and before the report's first phrase)."""
+    report_start = int((token_slot[row] >= 0).nonzero().max()) + 1  # after the prompt's last region token
+    k, out = 0, []
+    for p, t in enumerate(row.tolist()):
+        is_phrase = p >= report_start and t in phrases
+        if is_phrase:
+            k = phrases.index(t) + 1
+        out.append((k, is_phrase))
+    return out
+
+
 def test_region_text_features_put_region_k_on_its_report_text_in_training_and_generation(tok):
     """The tiny preset's second aid (not the paper's): every report token after "The region k is", up to the next
     such phrase, carries region k's mean visual token too; the prompt's tokens do not. Generation gives each token
@@ -566,38 +592,23 @@ def test_region_text_features_put_region_k_on_its_report_text_in_training_and_ge
     regions = [["lung", "heart", "bone"], ["bone"]]
     batch, vols = make_batch(tok, cfg, regions, padding_side="right")
     ids = batch["input_ids"]
-    with torch.no_grad():
-        marked = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
-        model.config.region_text_features = False
-        prefix_only = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
-        model.config.region_text_features = True
-        table = model._region_means(prefix_only, model.token_slot[ids])
+    marked = _embed_with(model, ids, vols)
+    prefix_only = _embed_with(model, ids, vols, region_text_features=False)
+    table = model._region_means(prefix_only, model.token_slot[ids])
     phrases = phrase_token_ids(tok)
     for b, row in enumerate(ids):
-        report_start = int((model.token_slot[row] >= 0).nonzero().max()) + 1  # after the prompt's last region token
-        k, seen = 0, set()
-        for p, t in enumerate(row.tolist()):
-            is_phrase = t in phrases
-            if p >= report_start and is_phrase:
-                k = phrases.index(t) + 1
-                seen.add(k)
-            want = table[b, k - 1] if p >= report_start and k and not is_phrase else torch.zeros_like(table[b, 0])
+        regs = _text_regions(row, model.token_slot, phrases)
+        for p, (k, is_phrase) in enumerate(regs):
+            want = table[b, k - 1] if k and not is_phrase else torch.zeros_like(table[b, 0])
             assert torch.allclose(marked[b, p] - prefix_only[b, p], want, atol=1e-5), (b, p, k)
-        assert seen == set(range(1, len(regions[b]) + 1))  # each region's text got its own region's features
+        # each region's text got its own region's features
+        assert {k for k, is_phrase in regs if is_phrase} == set(range(1, len(regions[b]) + 1))
     # Text features without prefix features: the report's phrases and texts carry their region, the prompt nothing
-    with torch.no_grad():
-        model.config.region_prefix_features = False
-        text_only = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
-        model.config.region_text_features = False
-        plain = model.embed_inputs(ids, vols["global_volume"], vols["region_crops"], vols["region_masks"])
-        model.config.region_prefix_features = model.config.region_text_features = True
+    text_only = _embed_with(model, ids, vols, region_prefix_features=False)
+    plain = _embed_with(model, ids, vols, region_prefix_features=False, region_text_features=False)
     for b, row in enumerate(ids):
-        report_start = int((model.token_slot[row] >= 0).nonzero().max()) + 1
-        k = 0
-        for p, t in enumerate(row.tolist()):
-            if p >= report_start and t in phrases:
-                k = phrases.index(t) + 1
-            want = table[b, k - 1] if p >= report_start and k else torch.zeros_like(table[b, 0])
+        for p, (k, _) in enumerate(_text_regions(row, model.token_slot, phrases)):
+            want = table[b, k - 1] if k else torch.zeros_like(table[b, 0])
             assert torch.allclose(text_only[b, p] - plain[b, p], want, atol=1e-5), (b, p, k)
     # Generation: the report of scan 0 fed one token at a time through the hook, with the table of the prompt
     gen_batch, _ = make_batch(tok, cfg, [regions[0]], with_target=False, padding_side="left")

@@ -368,10 +368,10 @@ class Reg2RGModel(nn.Module):
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         gen_config = GenerationConfig(**kwargs)
-        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
         if self.config.region_text_features and num_beams > 1:
             raise ValueError("region_text_features: generation keeps track of the region each row writes, which "
                              "beam search reorders; decode greedily or by sampling (num_beams 1)")
+        embeds = self.embed_inputs(input_ids, global_volume, region_crops, region_masks, region_counts)
         if not self.config.region_phrase_features:
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_config)
         table = self._region_means(embeds, self.token_slot[input_ids])
