@@ -229,6 +229,11 @@ LAUNCHER = '''
 import logging, sys
 sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.INFO)
+# DeepSpeed's CPU backend JIT-compiles an optional shared-memory all-reduce kernel (deepspeed_shm_comm: about a
+# minute of C++ build on the 2-core machine) when it first starts; without it gloo does the all-reduce (a GPU run
+# uses NCCL and never builds it). Its probe result is a module-level dict that DeepSpeed reads at init.
+import deepspeed.ops
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 from tiny_models import SynthDataset, small_config
 from reg2rg.model import load_tokenizer
 from reg2rg.train import TrainingConfig, train
