@@ -131,6 +131,24 @@ def test_shipped_config_has_no_unknown_key():
     assert config_problems(_shipped_config(), load_schema(REPO / "workflow/schemas/config.schema.yaml")) == []
 
 
+def test_config_check_imports_neither_torch_nor_transformers():
+    """The Snakefile checks the config at every parse, and a SLURM job parses it twice (the plugin's job step runs
+    snakemake again): the check, which reads Reg2RGConfig's keys, must not pull in torch and transformers (about
+    2 s of each parse on the 2-core machine)."""
+    code = ("import sys; from reg2rg.workflow_config import check_config, read_workflow_config; "
+            f"check_config(read_workflow_config({str(REPO / 'config/config.yaml')!r}), "
+            f"{str(REPO / 'workflow/schemas/config.schema.yaml')!r}); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    from reg2rg import model
+
+    assert model.load_preset is model.config.load_preset and "build_model" in dir(model)
+    with pytest.raises(AttributeError, match="no attribute 'build_modle'"):
+        model.build_modle
+
+
 def test_every_unknown_key_is_named_with_where_it_is():
     from reg2rg.workflow_config import config_problems, load_schema
 
