@@ -4,9 +4,9 @@
 munge; two GPUs declared as generic resources backed by plain files, partitions `cpu` and `gpu`). The workflow
 goes through the SLURM executor plugin with the shipped profile (profiles/slurm) and a small overlay that the
 test writes: the local account, quick status checks (kept steady by tests/slurm_quick_status.py, which runs
-snakemake here), no retries (so that the faults below surface), kept SLURM logs, a node's CPU count as the
-per-scan stages' threads, and no conda (the test machine has none; the envs are checked by
-test_slurm_profile_runs_every_rule_in_its_env).
+snakemake here), no retries (so that the faults below surface), kept SLURM logs, one thread for every job (two
+jobs share the 2-CPU node at once, also two tests' jobs: a job here is mostly Python start-up), and no conda (the
+test machine has none; the envs are checked by test_slurm_profile_runs_every_rule_in_its_env).
 
 The tests need root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server (the script installs them); they
 are skipped, saying why, only where these cannot be installed.
@@ -64,7 +64,11 @@ def slurm(env, *args: str) -> str:
     return proc.stdout
 
 
-def cluster_profile(workdir: Path, threads: int = 2) -> Path:
+# Rules whose threads come from the shipped profile or from config/config.yaml (2 by default): one each here.
+MULTI_THREAD_RULES = ("demo_data", "sat_prepare_shard", "sat_import_shard")
+
+
+def cluster_profile(workdir: Path, threads: int = 1) -> Path:
     """The shipped profile with the test's overlay, as workdir/slurm-profile/config.yaml."""
     shipped = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     profile = dict(shipped)
@@ -76,7 +80,7 @@ def cluster_profile(workdir: Path, threads: int = 2) -> Path:
         "default-resources": {**shipped["default-resources"], "slurm_account": ACCOUNT, "mem_mb": 2000,
                               "runtime": 30},
         "set-resources": {rule: {**res, "mem_mb": 2000} for rule, res in shipped["set-resources"].items()},
-        "set-threads": {rule: threads for rule in shipped["set-threads"]},
+        "set-threads": {rule: threads for rule in (*shipped["set-threads"], *MULTI_THREAD_RULES)},
         "slurm-init-seconds-before-status-checks": 1,
         "seconds-between-status-checks": 1,
         "slurm-keep-successful-logs": True,
