@@ -19,8 +19,9 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/snakemake --cores 2
 
-# Two pytest workers: the demo-goals test (one long workflow) starts first and the rest of the suite runs beside
-# it; worksteal hands a finished worker the other's queued tests (tests/conftest.py sets the order).
+# Two pytest workers: the demo-goals test (one long workflow) starts first on one, the SLURM tests on the other, and
+# the rest of the suite fills in beside them; worksteal hands a finished worker the other's queued tests
+# (tests/conftest.py sets the order).
 test: install
 	$(VENV)/bin/pytest -n 2 --dist worksteal
 
