@@ -219,8 +219,9 @@ def test_workflow_radgenome_predictions_without_root_names_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_demo_workflow_trains_and_generates(tmp_path):
-    """The default target on a small demo: ... -> cache -> tokenizer -> train (accelerate launch) -> generate; a
-    second run has nothing to do, and a lost model folder is rewritten from the last checkpoint."""
+    """The workflow up to the predictions on a small demo: ... -> cache -> tokenizer -> train (accelerate launch)
+    -> generate; a second run has nothing to do, and a lost model folder is rewritten from the last checkpoint.
+    (The default target, evaluation and viewer included, is tests/test_demo_goals.py's run of the shipped demo.)"""
     import yaml
 
     workflow_copy(tmp_path)
@@ -237,7 +238,8 @@ def test_demo_workflow_trains_and_generates(tmp_path):
         assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout + proc.stderr
 
-    snakemake()
+    predictions = "results/demo/predictions.parquet"
+    snakemake(predictions)
     model = tmp_path / "results/demo/model"
     run = json.loads((model / "run_config.json").read_text())
     assert run["steps"] == 4 and run["preset"] == "tiny" and run["dataset"] == "demo"
@@ -248,7 +250,7 @@ def test_demo_workflow_trains_and_generates(tmp_path):
     df = pd.read_parquet(tmp_path / "results/demo/predictions.parquet")
     assert list(df.columns) == list(COLUMNS) and len(df) >= 1
     assert set(df["model_preset"]) == {"tiny"} and json.loads(df["decoding"].iloc[0])["max_new_tokens"] == 32
-    assert "Nothing to be done" in snakemake("-n")
+    assert "Nothing to be done" in snakemake(predictions, "-n")
     shutil.rmtree(model)
     log = snakemake("results/demo/model")
     assert (model / "run_config.json").is_file()
