@@ -39,21 +39,21 @@ def pytest_runtest_setup(item):
                     f"REG2RG_TEST_DATA to a copy of that folder)", pytrace=False)
 
 
-# The order for `make test` (two xdist workers, worksteal: the first worker is handed the first half of this order,
-# the second worker the second half, and a worker that runs out takes the tail of the other's queue):
-# - the longest test (the shipped demo end to end, CPU-bound) first, so that it starts at once on the first worker;
+# The order for `make test`'s two xdist workers (worksteal hands one worker the first half of this order and the
+# other the second half; a worker that runs out takes the tail of the other's queue):
+# - the longest test (the shipped demo end to end, CPU-bound) first, so that it starts at once on one worker;
 # - the SLURM tests (long, but mostly waiting for jobs that are mostly Python start-up) at the head of the second
-#   half, so that they start at once on the second worker and run beside it, not together at the end with a core
+#   half, so that they start at once on the other worker and run beside it, not together at the end with a core
 #   idle (2026-12-07: at the end they made the last 9 of the suite's 18 minutes at a load of 1.3).
 LONGEST_FIRST = ("tests/test_demo_goals.py",)
 SECOND_WORKER_FIRST = ("tests/test_cluster.py::test_demo_on_slurm", "tests/test_cluster.py::test_sat_and_serving",
                        "tests/test_cluster.py::test_node_down")
+WORKERS = 2  # the Makefile's `pytest -n 2`
 
 
 def pytest_collection_modifyitems(config, items):
     first = [i for i in items if i.nodeid.startswith(LONGEST_FIRST)]
     second = [i for i in items if i.nodeid.startswith(SECOND_WORKER_FIRST)]
     rest = [i for i in items if i not in first and i not in second]
-    half = len(items) // 2  # worksteal's first share: len // number of workers
-    head = first + rest[:max(0, half - len(first))]
-    items[:] = head + second + rest[len(head) - len(first):]
+    split = max(0, len(items) // WORKERS - len(first))  # where worksteal's second share starts, in `rest`
+    items[:] = first + rest[:split] + second + rest[split:]

@@ -247,7 +247,7 @@ def test_demo_workflow_trains_and_generates(tmp_path):
     assert [json.loads(line)["step"] for line in (model / "train_log.jsonl").read_text().splitlines()] == [2, 4]
     assert (tmp_path / "results/demo/tokenizer/tokenizer.json").is_file()
     assert (tmp_path / "results/demo/model_work/tensorboard").is_dir()
-    df = pd.read_parquet(tmp_path / "results/demo/predictions.parquet")
+    df = pd.read_parquet(tmp_path / predictions)
     assert list(df.columns) == list(COLUMNS) and len(df) >= 1
     assert set(df["model_preset"]) == {"tiny"} and json.loads(df["decoding"].iloc[0])["max_new_tokens"] == 32
     assert "Nothing to be done" in snakemake(predictions, "-n")

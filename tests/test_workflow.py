@@ -143,8 +143,9 @@ def test_config_check_imports_neither_torch_nor_transformers():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
     from reg2rg import model
+    from reg2rg.model import config as model_config
 
-    assert model.load_preset is model.config.load_preset and "build_model" in dir(model)
+    assert model.load_preset is model_config.load_preset and "build_model" in dir(model)
     with pytest.raises(AttributeError, match="no attribute 'build_modle'"):
         model.build_modle
 
