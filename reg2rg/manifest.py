@@ -156,6 +156,17 @@ def write_manifests(manifest, out_paths: dict[str, str]) -> None:
 REPORT_COLUMNS = ("report", "region_texts", "labels")
 
 
+def derangement(n: int, rng):
+    """A random permutation of range(n) that moves every element (n >= 2), from numpy Generator `rng`: a cyclic
+    shift of a random order, so every position gives to one and takes from another."""
+    import numpy as np
+
+    order = rng.permutation(n)
+    perm = np.empty(n, dtype=np.int64)
+    perm[order] = np.roll(order, 1)
+    return perm
+
+
 def paired_with_other_reports(manifest, seed: int):
     """The control that a model's findings come from the image: every scan of `manifest` keeps its image and
     masks and gets another scan's report, region texts and labels (a seeded random derangement of the rows:
@@ -168,11 +179,7 @@ def paired_with_other_reports(manifest, seed: int):
     n = len(manifest)
     if n < 2:
         raise InputError("manifest", f"pairing reports with other scans needs at least two scans, got {n}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    donor = np.roll(order, 1)  # a cyclic shift of a random order: a derangement, every row gives and takes one
-    perm = np.empty(n, dtype=np.int64)
-    perm[order] = donor
+    perm = derangement(n, np.random.default_rng(seed))
     out = manifest.reset_index(drop=True).copy()
     for col in REPORT_COLUMNS:
         out[col] = manifest[col].reset_index(drop=True).iloc[perm].reset_index(drop=True)

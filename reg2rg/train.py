@@ -69,7 +69,7 @@ RUN_FILE = "run.json"
 LOG_FILE = "train_log.jsonl"
 SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-REPORT_PAIRINGS = ("own", "shuffled")
+REPORT_PAIRINGS = ("own", "shuffled", "reshuffled")
 # Settings that change the result; the others (checkpointing, logging, workers, resources) may change
 # between a run and its resumption.
 _RESULT_KEYS = ("epochs", "max_steps", "per_device_batch_size", "effective_batch_size", "learning_rate",
@@ -114,10 +114,14 @@ class TrainingConfig:
     # change: compute them once (fp16, `{work}/vit_features/`) and train the Perceiver and the rest on them,
     # without running the ViT or making the global and texture inputs again (see docs/performance.md).
     cache_vit_features: bool = False
-    # "own": each training scan with its own report. "shuffled": each scan's image with another training scan's
-    # report, region texts and labels (reg2rg.manifest.paired_with_other_reports, seeded by `seed`): the
-    # ablation control for the findings coming from the image (it scores the chance level the full model must beat).
-    # Applied by this module's CLI (_main), which builds the training manifest; train() takes the dataset as given.
+    # "own": each training scan with its own report. Two controls for the findings coming from the image:
+    # "shuffled": each scan's image with another training scan's report, region texts and labels for the whole
+    # run (reg2rg.manifest.paired_with_other_reports, seeded by `seed`); a model can memorise these wrong pairs
+    # and then writes findings at their rates for the wrong scans (chance level). Applied by this module's CLI
+    # (_main), which builds the training manifest; train() takes the dataset as given.
+    # "reshuffled": each scan's image with another training scan's region texts, a new pairing every epoch
+    # (EpochPairing, applied by train() to the stream): no image keeps a report to memorise, so the model learns
+    # the reports' language and frequencies only (the ablation table's `shuffled` row).
     report_pairing: str = "own"
     resources: dict[str, Any] = field(default_factory=dict)  # read by the workflow (gpu, mem_mb, runtime)
 
@@ -291,15 +295,58 @@ class MemoryCache:
         return item
 
 
-class _Keyed(object):
-    """Dataset wrapper: item (m, i) -> (m, dataset[i])."""
+class EpochPairing:
+    """The `reshuffled` report pairing: in epoch e, scan i's image gets the region texts of scan donor(e, i),
+    a seeded random derangement of the training scans drawn anew every epoch (reg2rg.manifest.derangement,
+    seeded (seed, e)). Unlike a fixed pairing ("shuffled"), no image keeps one (wrong) report that a model could
+    memorise: across the epochs every image meets many scans' reports, so its text carries nothing about it.
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    The item keeps its own regions (image and masks); a region the donor has no text for takes that region's
+    text from another scan that has one (seeded by (seed, e, i, region)). `texts[j]`: scan j's texts per REGIONS
+    index (None: none), as Reg2RGDataset's samples hold them; `per_epoch`: the stream's micro-batches per epoch."""
+
+    def __init__(self, texts: list[list[str | None]], per_epoch: int, seed: int):
+        if len(texts) < 2:
+            raise ConfigError(f"report_pairing reshuffled: needs at least two training scans, got {len(texts)}")
+        self.texts, self.per_epoch, self.seed = [list(t) for t in texts], int(per_epoch), int(seed)
+        for r in range(len(REGIONS)):
+            having = [j for j, t in enumerate(self.texts) if t[r] is not None]
+            if len(having) == 1:
+                raise ConfigError(f"report_pairing reshuffled: only one training scan (number {having[0]}) has a "
+                                  f"text for the {REGIONS[r]}: no other scan can give it one")
+
+    def donors(self, epoch: int) -> list[int]:
+        import numpy as np
+
+        from reg2rg.manifest import derangement
+
+        return derangement(len(self.texts), np.random.default_rng([self.seed, epoch])).tolist()
+
+    def __call__(self, m: int, i: int, item: dict) -> dict:
+        import numpy as np
+
+        epoch = m // self.per_epoch
+        donor = self.donors(epoch)[i]
+        texts = []
+        for r in item["regions"]:
+            text = self.texts[donor][r]
+            if text is None:
+                others = [j for j, t in enumerate(self.texts) if j != i and t[r] is not None]
+                text = self.texts[others[int(np.random.default_rng([self.seed, epoch, i, r]).integers(len(others)))]][r]
+            texts.append(text)
+        return {**item, "region_texts": texts, "report": None}
+
+
+class _Keyed(object):
+    """Dataset wrapper: item (m, i) -> (m, dataset[i]), re-paired by `pairing(m, i, item)` when given."""
+
+    def __init__(self, dataset, pairing: EpochPairing | None = None):
+        self.dataset, self.pairing = dataset, pairing
 
     def __getitem__(self, key):
         m, i = key
-        return m, self.dataset[i]
+        item = self.dataset[i]
+        return m, (item if self.pairing is None else self.pairing(m, i, item))
 
     def __len__(self):
         return len(self.dataset)
@@ -395,9 +442,12 @@ def run_fingerprint(model_config, training: TrainingConfig, case_ids: list[str],
     change the result, the training scans, the tokenizer's vocabulary, the number of processes). Kept in
     `{work}/run.json` and run_config.json; a run with another one does not resume this one's checkpoints."""
     vocab = sorted(tokenizer.get_vocab().items())
+    result = {k: training.to_dict()[k] for k in _RESULT_KEYS}
+    if training.report_pairing != "own":  # a control's pairing (absent for "own": older runs keep their identity)
+        result["report_pairing"] = training.report_pairing
     return _sha256_json({
         "model": model_config.to_dict(),
-        "training": {k: training.to_dict()[k] for k in _RESULT_KEYS},
+        "training": result,
         "cases": list(case_ids),
         "tokenizer": _sha256_json(vocab),
         "processes": processes,
@@ -597,8 +647,17 @@ def train(model_config, training: TrainingConfig, *, dataset, tokenizer, work_di
                  time.perf_counter() - t0, folder)
         source = VitFeatureDataset(dataset, folder)
     source = MemoryCache(source, training.memory_cache_mb) if training.memory_cache_mb > 0 else source
+    pairing = None
+    if training.report_pairing == "reshuffled":
+        samples = getattr(dataset, "samples", None)
+        if samples is None or not all(isinstance(s, dict) and "texts" in s for s in samples):
+            raise ConfigError("report_pairing reshuffled: needs a dataset whose samples hold their region texts "
+                              "(reg2rg.dataset.Reg2RGDataset)")
+        pairing = EpochPairing([s["texts"] for s in samples], sampler.per_epoch, training.seed)
+        log.info("report_pairing reshuffled: every training scan gets another scan's region texts, a new pairing "
+                 "every epoch")
     loader = torch.utils.data.DataLoader(
-        _Keyed(source), batch_sampler=sampler, collate_fn=TrainCollate(tokenizer, model_config, training.seed, rank),
+        _Keyed(source, pairing), batch_sampler=sampler, collate_fn=TrainCollate(tokenizer, model_config, training.seed, rank),
         num_workers=training.num_workers, generator=torch.Generator().manual_seed(training.seed),
         prefetch_factor=training.prefetch_factor if training.num_workers else None,
         persistent_workers=False, pin_memory=torch.cuda.is_available())

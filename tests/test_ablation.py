@@ -47,7 +47,7 @@ def test_table_from_metrics_files(tmp_path):
     assert head[7] == "reports" and head[8:] == [t for t, _, _ in COLUMNS]
     by = {r[0]: dict(zip(head, r)) for r in rows[2:]}
     assert list(by) == ["c", "d", "gpt2", "shuffled"]
-    assert by["d"]["reports"] == "own" and by["shuffled"]["reports"] == "shuffled" and by["shuffled"]["RRA"] == "✓"
+    assert by["d"]["reports"] == "own" and by["shuffled"]["reports"] == "reshuffled" and by["shuffled"]["RRA"] == "✓"
     assert [by["c"][k] for k in ("global", "texture", "geometry", "RRA", "LFD")] == ["✓", "✓", "✓", "", "✓"]
     assert by["d"]["RRA"] == "✓" and by["d"]["LLM"] == "preset" and by["gpt2"]["LLM"] == "gpt2"
     assert by["d"]["BLEU-1"] == "0.457" and by["d"]["BLEU-4"] == f"{0.45678 / 4:.3f}"

@@ -26,14 +26,16 @@ MIN_ACCURACY = 0.97
 MIN_AREA_F1 = 0.95
 MIN_CE_F1 = 0.5
 MIN_CE_LEAD = 0.15  # over the global-only baseline
-# The control writes findings at about their rates without reading the scan: at or below the chance level
-# (metrics.json clinical_efficacy.chance_micro_f1: labels at random at each finding's rate in the test references;
-# 0.354 on the demo's 24 test scans), and above a baseline that writes almost no finding (F1 0.00-0.22): the goal
-# "at the baseline's CE or below" asks it to write none. At the shipped 800 steps seeds 0, 1 and 2 measured control
-# 0.206, 0.302 and 0.326, full model 0.667, 0.662 and 0.672 (2026-12-07; the same again in fresh runs of
-# 2026-12-08). The full model must beat the control and the chance level clearly.
-MIN_CE_LEAD_OVER_CONTROL = 0.2
-MAX_CONTROL_OVER_CHANCE = 0.05
+# The control (`shuffled`: each training image with another scan's region texts, a new pairing every epoch) cannot
+# learn which image shows which finding; it writes the reports' most frequent statements, one finding for nearly
+# every scan or none. Held at or below the chance level (metrics.json clinical_efficacy.chance_micro_f1: labels at
+# random at each finding's rate in the test references; 0.354 on the demo's 24 test scans). Not at the baseline's
+# CE: that baseline writes almost no finding (F1 0.00-0.22), and a control writing one common finding for every
+# scan scores above 0. At the shipped 800 steps seeds 0, 1 and 2 measured control 0.198, 0.141 and 0.000
+# (2026-12-08; it writes cardiomegaly for all 24 scans, hiatal hernia for 22, nothing), full model 0.667, 0.662 and
+# 0.672 (2026-12-07; the same again in fresh runs of 2026-12-08). The full model must beat both clearly.
+MIN_CE_LEAD_OVER_CONTROL = 0.3
+MAX_CONTROL_OVER_CHANCE = 0.0
 MIN_CE_LEAD_OVER_CHANCE = 0.15
 
 
@@ -74,7 +76,7 @@ def test_demo_reads_the_image(tmp_path):
     # The control: the same training on images paired with other scans' reports cannot learn which image shows
     # which finding; what the full model writes beyond it comes from the image.
     assert g["ce_f1"] >= g["ce_f1_shuffled"] + MIN_CE_LEAD_OVER_CONTROL, g
-    # ... and it writes findings at their rates, not for the scans that have them: chance level.
+    # ... and what it writes is no better than findings given at random at their rates.
     assert g["ce_f1_shuffled"] <= g["ce_chance"] + MAX_CONTROL_OVER_CHANCE, g
     assert g["ce_f1"] >= g["ce_chance"] + MIN_CE_LEAD_OVER_CHANCE, g
 

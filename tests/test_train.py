@@ -24,6 +24,7 @@ from reg2rg.rra import SPECIAL_TOKENS, TEXTURE_TOKEN, parse_rra
 from reg2rg.dataset import make_batch
 from reg2rg.checkpoints import latest_checkpoint
 from reg2rg.train import (
+    EpochPairing,
     StreamSampler,
     TrainingConfig,
     train,
@@ -72,6 +73,38 @@ def test_stream_sampler_epochs_processes_and_resume():
     one = list(StreamSampler(7, 2, 1, 0, seed=3, stop=8))
     for m in range(8):
         assert [i for _, i in one[m]] == [ranks[0][m][0][1], ranks[1][m][0][1]]
+
+
+def test_epoch_pairing_draws_another_scans_texts_anew_each_epoch():
+    n, per_epoch = 6, 2
+    texts = [[f"scan {j} region {r}" for r in range(len(REGIONS))] for j in range(n)]
+    texts[1][4] = None  # scan 1 has no text for region 4: its receiver takes another scan's
+    pairing = EpochPairing(texts, per_epoch, seed=5)
+    donors = [pairing.donors(e) for e in range(4)]
+    for d in donors:  # each epoch a derangement: every scan gives once and keeps none of its own
+        assert sorted(d) == list(range(n)) and all(d[i] != i for i in range(n))
+    assert len({tuple(d) for d in donors}) > 1 and pairing.donors(2) == EpochPairing(texts, 2, seed=5).donors(2)
+    assert pairing.donors(0) != EpochPairing(texts, 2, seed=6).donors(0)
+    for m in range(4 * per_epoch):
+        d = donors[m // per_epoch]
+        for i in range(n):
+            item = {"case_id": f"c{i}", "regions": [0, 4, 9], "region_texts": texts[i], "report": "own report",
+                    "geometry": torch.zeros(3, 1, 2, 2, 2)}
+            out = pairing(m, i, item)
+            assert out["regions"] == [0, 4, 9] and out["geometry"] is item["geometry"] and out["report"] is None
+            assert out["region_texts"][0] == f"scan {d[i]} region 0" and out["region_texts"][2] == f"scan {d[i]} region 9"
+            owner = int(out["region_texts"][1].split()[1])
+            assert owner != i and (owner == d[i] if d[i] != 1 else owner not in (1, i))
+            assert item["report"] == "own report"  # the item itself is left as it was (the memory cache holds it)
+    texts[2] = [None] * len(REGIONS)
+    texts[3] = [None] * len(REGIONS)
+    for j in (0, 1, 4, 5):
+        texts[j][7] = None
+    texts[3][7] = "only scan 3 has one"
+    with pytest.raises(ConfigError, match="only one training scan .* text for the"):
+        EpochPairing(texts, per_epoch, seed=0)
+    with pytest.raises(ConfigError, match="at least two"):
+        EpochPairing(texts[:1], per_epoch, seed=0)
 
 
 def test_batch_regions_follow_the_prompt_order(tok):

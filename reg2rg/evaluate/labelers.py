@@ -537,7 +537,7 @@ def chance_micro_f1(y_true: np.ndarray) -> float:
     scans have it: label j is given to every scan at random with probability p_j = s_j / n (s_j of the n scans
     have it). Per label E[tp] = p_j s_j and E[tp + fp] = p_j n = s_j, so the expected pooled precision and recall
     are both sum_j s_j^2 / (n sum_j s_j), and so is F1. The level that findings which do not come from the image
-    reach (the `shuffled` control's); 0 when no scan has a label."""
+    reach; 0 when no scan has a label."""
     y_true = np.asarray(y_true, dtype=bool)
     n, support = y_true.shape[0], y_true.sum(axis=0).astype(float)
     return float((support ** 2).sum() / (n * support.sum())) if n and support.sum() else 0.0
