@@ -57,3 +57,35 @@ def pytest_collection_modifyitems(config, items):
     rest = [i for i in items if i not in first and i not in second]
     split = max(0, len(items) // WORKERS - len(first))  # where worksteal's second share starts, in `rest`
     items[:] = first + rest[:split] + second + rest[split:]
+
+
+# The suite's CPU account, for choosing what to cut (`REG2RG_TEST_CPU=cpu.jsonl make test`): per test its wall
+# time and the CPU seconds of its worker and of the worker's ended children (a workflow's jobs; the waited-for
+# descendants of a child count once the child waits for them). Jobs that SLURM runs are not children: their
+# CPU is in the cluster's accounting (sacct). Off unless the variable names a file; lines are appended.
+CPU_ACCOUNT = os.environ.get("REG2RG_TEST_CPU")
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not CPU_ACCOUNT:
+        yield
+        return
+    import json
+    import time
+
+    t0, (own0, kids0) = time.perf_counter(), _cpu_seconds()
+    yield
+    own1, kids1 = _cpu_seconds()
+    line = {"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(own1 - own0, 2),
+            "children_cpu_s": round(kids1 - kids0, 2)}
+    with open(CPU_ACCOUNT, "a") as f:
+        f.write(json.dumps(line) + "\n")
