@@ -309,18 +309,23 @@ class EpochPairing:
         if len(texts) < 2:
             raise ConfigError(f"report_pairing reshuffled: needs at least two training scans, got {len(texts)}")
         self.texts, self.per_epoch, self.seed = [list(t) for t in texts], int(per_epoch), int(seed)
-        for r in range(len(REGIONS)):
-            having = [j for j, t in enumerate(self.texts) if t[r] is not None]
+        # per region, the scans with a text for it (the fallback donors), made once
+        self.having = [[j for j, t in enumerate(self.texts) if t[r] is not None] for r in range(len(REGIONS))]
+        for r, having in enumerate(self.having):
             if len(having) == 1:
                 raise ConfigError(f"report_pairing reshuffled: only one training scan (number {having[0]}) has a "
                                   f"text for the {REGIONS[r]}: no other scan can give it one")
+        self._epoch, self._donors = None, None  # the current epoch's derangement, drawn once per epoch
 
     def donors(self, epoch: int) -> list[int]:
         import numpy as np
 
         from reg2rg.manifest import derangement
 
-        return derangement(len(self.texts), np.random.default_rng([self.seed, epoch])).tolist()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._donors = derangement(len(self.texts), np.random.default_rng([self.seed, epoch])).tolist()
+        return self._donors
 
     def __call__(self, m: int, i: int, item: dict) -> dict:
         import numpy as np
@@ -331,7 +336,7 @@ class EpochPairing:
         for r in item["regions"]:
             text = self.texts[donor][r]
             if text is None:
-                others = [j for j, t in enumerate(self.texts) if j != i and t[r] is not None]
+                others = [j for j in self.having[r] if j != i]
                 text = self.texts[others[int(np.random.default_rng([self.seed, epoch, i, r]).integers(len(others)))]][r]
             texts.append(text)
         return {**item, "region_texts": texts, "report": None}
